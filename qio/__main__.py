@@ -1,0 +1,5 @@
+import sys
+
+from qio.cli import main
+
+sys.exit(main())

@@ -1,0 +1,105 @@
+"""The BlockBackend: what qemu-io's commands talk to (QEMU's block/block-backend.c).
+
+It checks every request against the image length (EIO past the end), answers ENOMEDIUM once
+an image was taken offline, and implements the cache mode's write-through: with
+``cache=writethrough`` (qemu-io's default) every write is flushed before it is reported.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from qio.block.node import BlockNode, ReqFlags
+from qio.block.open import OpenContext
+from qio.errors import BlockError
+
+
+class BlockBackend:
+    def __init__(
+        self, root: BlockNode, context: OpenContext, writethrough: bool, name: str | None
+    ) -> None:
+        self.root = root
+        self.context = context
+        self.writethrough = writethrough
+        self.name = name  # the filename argument, when there was one
+        self.available = True
+        self.temporary_files: list[str] = []
+
+    # -- limits ----------------------------------------------------------------------------
+    def getlength(self) -> int:
+        return self.root.getlength()
+
+    def check(self, offset: int, length: int) -> None:
+        if not self.available:
+            raise BlockError(errno.ENOMEDIUM)
+        if offset < 0 or length < 0:
+            raise BlockError(errno.EIO)
+        total = self.root.getlength()
+        if offset > total or total - offset < length:
+            raise BlockError(errno.EIO)
+
+    @property
+    def read_only(self) -> bool:
+        return self.root.read_only
+
+    # -- requests --------------------------------------------------------------------------
+    async def pread(self, offset: int, buf: memoryview, flags: ReqFlags = ReqFlags.NONE) -> None:
+        self.check(offset, len(buf))
+        await self.root.preadv(offset, buf, flags)
+
+    async def pwrite(
+        self, offset: int, data: memoryview, flags: ReqFlags = ReqFlags.NONE, *, final: bool = True
+    ) -> None:
+        """One write request; ``final=False`` for all but the last piece of a streamed request."""
+        self.check(offset, len(data))
+        await self.root.pwritev(offset, data, flags)
+        if final and self.writethrough:
+            await self.root.flush()
+
+    async def pwrite_zeroes(
+        self, offset: int, length: int, flags: ReqFlags = ReqFlags.NONE
+    ) -> None:
+        self.check(offset, length)
+        await self.root.pwrite_zeroes(offset, length, flags)
+        if self.writethrough:
+            await self.root.flush()
+
+    async def pwrite_compressed(self, offset: int, data: memoryview) -> None:
+        self.check(offset, len(data))
+        await self.root.pwrite_compressed(offset, data)
+        if self.writethrough:
+            await self.root.flush()
+
+    async def pdiscard(self, offset: int, length: int) -> None:
+        self.check(offset, length)
+        await self.root.pdiscard(offset, length)
+
+    async def flush(self) -> None:
+        if not self.available:
+            raise BlockError(errno.ENOMEDIUM)
+        await self.root.flush()
+
+    async def load_vmstate(self, offset: int, buf: memoryview) -> None:
+        if not self.available:
+            raise BlockError(errno.ENOMEDIUM)
+        node: BlockNode | None = self.root
+        while node is not None:
+            if type(node).drv_load_vmstate is not BlockNode.drv_load_vmstate:
+                await node.drv_load_vmstate(offset, buf)
+                return
+            node = node.primary_child()
+        raise BlockError(errno.ENOTSUP)
+
+    async def save_vmstate(self, offset: int, data: memoryview) -> None:
+        if not self.available:
+            raise BlockError(errno.ENOMEDIUM)
+        node: BlockNode | None = self.root
+        while node is not None:
+            if type(node).drv_save_vmstate is not BlockNode.drv_save_vmstate:
+                await node.drv_save_vmstate(offset, data)
+                return
+            node = node.primary_child()
+        raise BlockError(errno.ENOTSUP)
+
+    async def close(self) -> None:
+        await self.root.close()

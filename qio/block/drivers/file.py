@@ -1,0 +1,183 @@
+"""The ``file`` protocol driver: positional I/O on a host file (QEMU's file-posix).
+
+Reads past the end of the file return zeros, writes past it grow the file, zero writes and
+discards punch or zero ranges with fallocate where the file system can, and a flush is an
+``fdatasync``.  Every host I/O is charged to the running request so asynchronous completions
+come out in the order qemu-io prints them (see coroutine.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from qio.block import hostio
+from qio.block.coroutine import COST_FLUSH, COST_PER_MIB, COST_READ, COST_WRITE, scheduler
+from qio.block.node import BlockNode, BlockStatus, DriverInfo, ReqFlags, zero_fill
+from qio.block.options import Options
+from qio.errors import BlockError, OpenError
+
+_MIB = float(1 << 20)
+
+
+class FileNode(BlockNode):
+    format_name = "file"
+    protocol_name = "file"
+    needs_filename = True
+
+    fd: int = -1
+
+    @classmethod
+    def parse_filename(cls, filename: str, options: Options) -> None:
+        if filename.startswith("file:"):
+            options.set("filename", filename[len("file:") :])
+
+    async def open(self, options: Options) -> None:
+        filename = options.pop_str("filename")
+        if filename is None:
+            raise OpenError("The 'file' block driver requires a file name")
+        locking = options.pop_str("locking", "auto")
+        if locking not in ("on", "off", "auto"):
+            raise OpenError(f"invalid parameter value: {locking}")
+        aio = options.pop_str("aio", self.flags.aio)
+        if aio not in ("threads", "native", "io_uring"):
+            raise OpenError(f"invalid parameter value: {aio}")
+        if aio == "native" and not self.flags.direct:
+            raise OpenError(
+                "aio=native was specified, but it requires cache.direct=on, which was not specified."
+            )
+        options.pop("aio-max-batch")
+        options.pop("pr-manager")
+        options.pop("x-check-cache-dropped")
+        options.pop("drop-cache")
+        self.filename = filename
+        self.options["filename"] = filename
+        mode = os.O_RDWR if self.flags.read_write else os.O_RDONLY
+        try:
+            self.fd = os.open(filename, mode | os.O_CLOEXEC)
+        except OSError as exc:
+            raise OpenError(
+                f"Could not open '{filename}': {os.strerror(exc.errno or errno.EIO)}",
+                exc.errno or errno.EIO,
+            ) from None
+        st = os.fstat(self.fd)
+        if stat.S_ISDIR(st.st_mode):
+            os.close(self.fd)
+            self.fd = -1
+            raise OpenError(f"'{filename}' is not a regular file or block device", errno.EINVAL)
+        self._is_regular = stat.S_ISREG(st.st_mode)
+        if locking != "off":
+            hostio.lock_image(self.fd, filename, self.flags.read_write, self.flags.force_share)
+
+    async def drv_reopen(self, options: Options, read_write: bool) -> None:
+        if read_write == self.flags.read_write:
+            return
+        mode = os.O_RDWR if read_write else os.O_RDONLY
+        try:
+            fd = os.open(self.filename, mode | os.O_CLOEXEC)
+        except OSError as exc:
+            raise OpenError(
+                f"Could not reopen file: {os.strerror(exc.errno or errno.EIO)}",
+                exc.errno or errno.EIO,
+            ) from None
+        os.close(self.fd)
+        self.fd = fd
+
+    def drv_getlength(self) -> int:
+        if self._is_regular:
+            return os.fstat(self.fd).st_size
+        return os.lseek(self.fd, 0, os.SEEK_END)
+
+    async def drv_preadv(self, offset: int, buf: memoryview, flags: ReqFlags) -> None:
+        length = len(buf)
+        scheduler.charge(COST_READ + length / _MIB * COST_PER_MIB)
+        done = 0
+        try:
+            while done < length:
+                n = os.preadv(self.fd, [buf[done:]], offset + done)
+                if n == 0:
+                    zero_fill(buf[done:])
+                    return
+                done += n
+        except OSError as exc:
+            raise BlockError(exc.errno or errno.EIO) from None
+
+    async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+        length = len(data)
+        scheduler.charge(COST_WRITE + length / _MIB * COST_PER_MIB)
+        done = 0
+        try:
+            while done < length:
+                done += os.pwritev(self.fd, [data[done:]], offset + done)
+        except OSError as exc:
+            raise BlockError(exc.errno or errno.EIO) from None
+
+    async def drv_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
+        scheduler.charge(COST_WRITE)
+        if not self._is_regular:
+            raise BlockError(errno.ENOTSUP)
+        size = os.fstat(self.fd).st_size
+        if flags & ReqFlags.MAY_UNMAP and offset + length <= size:
+            if hostio.punch_hole(self.fd, offset, length):
+                return
+        if hostio.zero_range(self.fd, offset, length):
+            return
+        raise BlockError(errno.ENOTSUP)
+
+    async def drv_pdiscard(self, offset: int, length: int) -> None:
+        scheduler.charge(COST_WRITE)
+        if not self._is_regular or not hostio.punch_hole(self.fd, offset, length):
+            raise BlockError(errno.ENOTSUP)
+
+    async def drv_flush_to_disk(self) -> None:
+        scheduler.charge(COST_FLUSH)
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            raise BlockError(exc.errno or errno.EIO) from None
+
+    async def drv_truncate(self, length: int, exact: bool, prealloc: str) -> None:
+        if not self._is_regular:
+            current = self.drv_getlength()
+            if length > current:
+                raise OpenError("Cannot grow device files", errno.EINVAL)
+            return
+        current = os.fstat(self.fd).st_size
+        if prealloc not in ("off", "falloc", "full"):
+            raise OpenError(f"Unsupported preallocation mode: {prealloc}", errno.ENOTSUP)
+        if prealloc != "off" and length < current:
+            raise OpenError("Cannot use preallocation for shrinking files", errno.ENOTSUP)
+        try:
+            if prealloc == "falloc" and length > current:
+                os.posix_fallocate(self.fd, current, length - current)
+            elif prealloc == "full" and length > current:
+                zero = bytes(1 << 20)
+                pos = current
+                while pos < length:
+                    n = min(len(zero), length - pos)
+                    os.pwrite(self.fd, zero[:n], pos)
+                    pos += n
+            else:
+                os.ftruncate(self.fd, length)
+        except OSError as exc:
+            raise OpenError(
+                f"Could not resize file: {os.strerror(exc.errno or errno.EIO)}",
+                exc.errno or errno.EIO,
+            ) from None
+
+    async def drv_block_status(
+        self, offset: int, length: int, want_zero: bool
+    ) -> BlockStatus | None:
+        if not want_zero or not self._is_regular:
+            return BlockStatus(length, data=True, offset=offset, node=self)
+        data, run = hostio.data_or_hole(self.fd, offset, length)
+        return BlockStatus(run, data=data, zero=not data, offset=offset, node=self)
+
+    def drv_get_info(self) -> DriverInfo | None:
+        return DriverInfo(0, 0)
+
+    async def drv_close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,83 @@
+"""``null-co`` and ``null-aio``: protocol drivers without storage.
+
+Writes are accepted and dropped.  Reads leave the caller's buffer untouched unless
+``read-zeroes`` is on (qemu-io pre-fills its buffers with 0xab, which is what a read then
+shows).  ``latency-ns`` delays every request, handy for exercising the statistics lines.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+
+from qio.block.coroutine import scheduler
+from qio.block.node import BlockNode, BlockStatus, ReqFlags, zero_fill
+from qio.block.options import Options
+from qio.errors import BlockError, OpenError
+
+
+class NullCoNode(BlockNode):
+    format_name = "null-co"
+    protocol_name = "null-co"
+
+    size = 1 << 30
+    latency_ns = 0
+    read_zeroes = False
+
+    @classmethod
+    def parse_filename(cls, filename: str, options: Options) -> None:
+        if filename != f"{cls.protocol_name}://":
+            raise OpenError(
+                f"The only allowed filename for this driver is '{cls.protocol_name}://'"
+            )
+
+    async def open(self, options: Options) -> None:
+        options.pop("filename")
+        self.size = options.pop_size("size", 1 << 30)
+        self.latency_ns = options.pop_int("latency-ns", 0)
+        if self.latency_ns < 0:
+            raise OpenError("latency-ns is invalid")
+        self.read_zeroes = options.pop_bool("read-zeroes", False)
+        self.filename = f"{self.protocol_name}://"
+        self.options.update({"size": self.size, "read-zeroes": self.read_zeroes})
+
+    def drv_getlength(self) -> int:
+        return self.size
+
+    def _delay(self) -> None:
+        if self.latency_ns:
+            scheduler.charge(self.latency_ns / 1000.0)
+            time.sleep(self.latency_ns / 1e9)
+
+    async def drv_preadv(self, offset: int, buf: memoryview, flags: ReqFlags) -> None:
+        self._delay()
+        if self.read_zeroes:
+            zero_fill(buf)
+
+    async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+        self._delay()
+
+    async def drv_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
+        self._delay()
+
+    async def drv_pdiscard(self, offset: int, length: int) -> None:
+        self._delay()
+
+    async def drv_flush_to_disk(self) -> None:
+        self._delay()
+
+    async def drv_block_status(
+        self, offset: int, length: int, want_zero: bool
+    ) -> BlockStatus | None:
+        return BlockStatus(length, zero=self.read_zeroes, offset=offset, node=self)
+
+    async def drv_truncate(self, length: int, exact: bool, prealloc: str) -> None:
+        raise OpenError("Image format driver does not support resize", errno.ENOTSUP)
+
+    async def drv_load_vmstate(self, offset: int, buf: memoryview) -> None:
+        raise BlockError(errno.ENOTSUP)
+
+
+class NullAioNode(NullCoNode):
+    format_name = "null-aio"
+    protocol_name = "null-aio"

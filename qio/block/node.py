@@ -1,0 +1,650 @@
+"""The block driver interface and the generic layer every request passes through.
+
+A ``BlockNode`` is one node of the graph (QEMU's BlockDriverState).  Drivers subclass it and
+implement the ``drv_*`` hooks they support; callers only use the public coroutine methods
+(``preadv``, ``pwritev``, ``pwrite_zeroes``, ``pdiscard``, ``flush``, ``truncate``,
+``block_status``), which add what QEMU's block/io.c adds around every driver:
+
+* lengths are whole 512-byte sectors, and reads past a node's end are zero-filled;
+* requests are padded to the node's ``request_alignment`` (read-modify-write) and split at
+  ``max_transfer``;
+* zero writes fall back to writing a zero buffer unless NO_FALLBACK is asked for;
+* discards are dropped when the node was opened with discard=ignore;
+* a flush is skipped when nothing was written since the last one (write generations);
+* copy-on-read pulls data from the backing chain into this node.
+
+Drivers never print: what a user must be told travels as an exception (``BlockError`` with an
+errno, ``FatalError``) or as a notice through ``self.context.notify``.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntFlag
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from qio.block.coroutine import scheduler
+from qio.errors import BlockError, OpenError
+
+if TYPE_CHECKING:
+    from qio.block.open import OpenContext
+    from qio.block.options import Options
+
+SECTOR = 512
+MAX_BOUNCE = 32768 * 1024  # bytes of zeroes written at a time by the zero-write fallback
+_ZEROES = bytes(1 << 20)
+
+
+class ReqFlags(IntFlag):
+    NONE = 0
+    FUA = 1
+    MAY_UNMAP = 2
+    NO_FALLBACK = 4
+    COPY_ON_READ = 8
+    WRITE_UNCHANGED = 16
+    NO_SERIALISING = 32
+
+
+@dataclass
+class OpenFlags:
+    """The open-time switches QEMU passes down a graph (BDRV_O_*)."""
+
+    read_write: bool = True
+    unmap: bool = True  # discard=unmap (qemu-io's default) rather than ignore
+    no_flush: bool = False  # cache=unsafe
+    direct: bool = False  # cache.direct (O_DIRECT)
+    copy_on_read: bool = False
+    snapshot: bool = False
+    force_share: bool = False
+    no_backing: bool = False
+    aio: str = "threads"
+
+    def copy(self) -> OpenFlags:
+        return OpenFlags(**self.__dict__)
+
+
+@dataclass(slots=True)
+class BlockStatus:
+    """One run of equal status starting at the queried offset (QEMU's block-status answer)."""
+
+    length: int
+    data: bool = False
+    zero: bool = False
+    allocated: bool = False
+    offset: int | None = None  # where the bytes live in ``node``
+    node: BlockNode | None = None
+    raw: bool = False  # a pass-through: ask ``node`` at ``offset``
+    eof: bool = False
+    depth: int = 0
+    compressed: bool = False
+
+
+@dataclass
+class DriverInfo:
+    cluster_size: int = 0
+    vm_state_offset: int = 0
+    is_dirty: bool = False
+
+
+@dataclass
+class SpecificInfo:
+    """'Format specific information' as an ordered tree of (key, value) pairs."""
+
+    kind: str
+    fields: list[tuple[str, Any]] = field(default_factory=list)
+
+
+def zero_fill(buf: memoryview) -> None:
+    n = len(buf)
+    pos = 0
+    while pos < n:
+        step = min(n - pos, len(_ZEROES))
+        buf[pos : pos + step] = _ZEROES[:step]
+        pos += step
+
+
+def is_zero(data: memoryview | bytes) -> bool:
+    n = len(data)
+    pos = 0
+    while pos < n:
+        step = min(n - pos, len(_ZEROES))
+        if data[pos : pos + step] != _ZEROES[:step]:
+            return False
+        pos += step
+    return True
+
+
+class BlockNode:
+    """One node of the block graph: a driver instance plus QEMU's generic request layer."""
+
+    # -- what a driver declares -------------------------------------------------------------
+    format_name: ClassVar[str] = ""
+    protocol_name: ClassVar[str | None] = None  # set for protocol drivers (file, null-co, ...)
+    is_filter: ClassVar[bool] = False
+    is_format: ClassVar[bool] = False  # probing candidates, opened above a ``file`` child
+    supports_backing: ClassVar[bool] = False
+    has_debug_events: ClassVar[bool] = False  # blkdebug
+    needs_filename: ClassVar[bool] = False
+
+    def __init__(self, context: OpenContext, flags: OpenFlags) -> None:
+        self.context = context
+        self.flags = flags
+        self.node_name = ""
+        self.filename = ""  # what QEMU calls bs->filename (shown in messages)
+        self.options: dict[str, Any] = {}  # the options this node was opened with
+        self.children: dict[str, BlockNode] = {}
+        self.file: BlockNode | None = None
+        self.backing: BlockNode | None = None
+        self.backing_file = ""  # name recorded in the image (for info)
+        self.backing_format = ""
+        self.total_sectors = 0
+        self.request_alignment = 1
+        self.max_transfer = 0  # 0 = unlimited
+        self.pwrite_zeroes_alignment = 1
+        self.pdiscard_alignment = 1
+        self.max_pwrite_zeroes = 0
+        self.max_pdiscard = 0
+        self.supports_fua = False
+        self.write_gen = 0
+        self.flushed_gen = 0
+        self.probed = False
+        self.copy_on_read = False
+        self.closed = False
+        self.debug_target: BlockNode | None = None  # set by the opener once the graph is built
+
+    # =====================================================================================
+    # Driver hooks (override what the driver supports)
+    # =====================================================================================
+    @classmethod
+    def parse_filename(cls, filename: str, options: Options) -> None:
+        """Turn a protocol filename (``blkverify:a:b``, ``nbd://h/x``) into options."""
+
+    async def open(self, options: Options) -> None:
+        """Consume this driver's options (children are opened through ``self.context``)."""
+
+    def drv_getlength(self) -> int:
+        raise NotImplementedError
+
+    async def drv_preadv(self, offset: int, buf: memoryview, flags: ReqFlags) -> None:
+        raise BlockError(errno.ENOTSUP)
+
+    async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+        raise BlockError(errno.ENOTSUP)
+
+    async def drv_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
+        raise BlockError(errno.ENOTSUP)
+
+    async def drv_pdiscard(self, offset: int, length: int) -> None:
+        raise BlockError(errno.ENOTSUP)
+
+    async def drv_flush(self) -> bool:
+        """Override to replace the whole flush (return True when handled), as blkverify does."""
+        return False
+
+    async def drv_flush_to_os(self) -> None:
+        pass
+
+    async def drv_flush_to_disk(self) -> None:
+        pass
+
+    async def drv_truncate(self, length: int, exact: bool, prealloc: str) -> None:
+        raise OpenError("Image format driver does not support resize", errno.ENOTSUP)
+
+    async def drv_block_status(
+        self, offset: int, length: int, want_zero: bool
+    ) -> BlockStatus | None:
+        """None means the driver has no block-status support (QEMU then says 'all data')."""
+        return None
+
+    async def drv_pwrite_compressed(self, offset: int, data: memoryview) -> None:
+        raise BlockError(errno.ENOTSUP)
+
+    async def drv_load_vmstate(self, offset: int, buf: memoryview) -> None:
+        raise BlockError(errno.ENOTSUP)
+
+    async def drv_save_vmstate(self, offset: int, data: memoryview) -> None:
+        raise BlockError(errno.ENOTSUP)
+
+    def drv_get_info(self) -> DriverInfo | None:
+        """Cluster size and VM-state offset; None when the driver has no such call."""
+        return None
+
+    def get_info(self) -> DriverInfo | None:
+        """``bdrv_get_info``: a filter without its own answer asks its filtered child."""
+        info = self.drv_get_info()
+        if info is None:
+            child = self.filtered_child()
+            if child is not None:
+                return child.get_info()
+        return info
+
+    def specific_info(self) -> SpecificInfo | None:
+        return None
+
+    async def drv_close(self) -> None:
+        pass
+
+    async def on_debug_event(self, event: str) -> None:
+        """Only blkdebug handles events (rules, breakpoints); see ``fire``."""
+
+    async def drv_reopen(self, options: Options, read_write: bool) -> None:
+        """Apply ``reopen``: take the options this driver can change in place (leave the rest,
+        which the caller refuses) and switch to ``read_write``; raise OpenError to refuse."""
+
+    # =====================================================================================
+    # Graph helpers
+    # =====================================================================================
+    def attach(self, role: str, child: BlockNode) -> BlockNode:
+        self.children[role] = child
+        if role == "file":
+            self.file = child
+        elif role == "backing":
+            self.backing = child
+        return child
+
+    def primary_child(self) -> BlockNode | None:
+        """The child QEMU calls primary: ``file`` (or the filtered child), else ``backing``."""
+        if self.file is not None:
+            return self.file
+        return self.filtered_child()
+
+    def filtered_child(self) -> BlockNode | None:
+        if self.is_filter:
+            return self.file or next(iter(self.children.values()), None)
+        return None
+
+    def find_debug_target(self) -> BlockNode | None:
+        """The first node down the primary chain that handles blkdebug events, if any."""
+        node: BlockNode | None = self
+        while node is not None:
+            if node.has_debug_events:
+                return node
+            node = node.primary_child()
+        return None
+
+    async def fire(self, event: str) -> None:
+        """Raise a blkdebug event at this node (QEMU's BLKDBG_EVENT / bdrv_debug_event)."""
+        target = self.debug_target
+        if target is not None:
+            await target.on_debug_event(event)
+
+    def walk(self) -> Sequence[BlockNode]:
+        seen: list[BlockNode] = []
+
+        def visit(n: BlockNode) -> None:
+            if n in seen:
+                return
+            seen.append(n)
+            for c in n.children.values():
+                visit(c)
+
+        visit(self)
+        return seen
+
+    @property
+    def read_only(self) -> bool:
+        return not self.flags.read_write
+
+    def refresh_total_sectors(self) -> None:
+        self.total_sectors = -(-self.drv_getlength() // SECTOR)
+
+    def getlength(self) -> int:
+        return self.total_sectors * SECTOR
+
+    def cluster_size_for_cor(self) -> int:
+        info = self.get_info()
+        if info is not None and info.cluster_size:
+            return info.cluster_size
+        return max(self.request_alignment, SECTOR)
+
+    # =====================================================================================
+    # Generic request layer
+    # =====================================================================================
+    async def preadv(self, offset: int, buf: memoryview, flags: ReqFlags = ReqFlags.NONE) -> None:
+        length = len(buf)
+        if offset < 0:
+            raise BlockError(errno.EIO)
+        if length == 0:
+            return
+        if self.copy_on_read:
+            flags |= ReqFlags.COPY_ON_READ
+        align = self.request_alignment
+        if align > 1 and (offset % align or length % align):
+            start = offset - offset % align
+            end = -(-(offset + length) // align) * align
+            bounce = bytearray(end - start)
+            await self._aligned_preadv(start, memoryview(bounce), flags)
+            buf[:] = bounce[offset - start : offset - start + length]
+            return
+        await self._aligned_preadv(offset, buf, flags)
+
+    async def _aligned_preadv(self, offset: int, buf: memoryview, flags: ReqFlags) -> None:
+        if flags & ReqFlags.COPY_ON_READ:
+            flags &= ~ReqFlags.COPY_ON_READ
+            allocated, pnum = await self.is_allocated(offset, len(buf))
+            if not allocated or pnum != len(buf):
+                await self._copy_on_readv(offset, buf, flags)
+                return
+        length = len(buf)
+        total = self.getlength()
+        max_bytes = max(0, total - offset)
+        max_bytes = -(-max_bytes // self.request_alignment) * self.request_alignment
+        limit = self.max_transfer
+        if length <= max_bytes and (not limit or length <= limit):
+            await self.drv_preadv(offset, buf, flags)
+            return
+        pos = 0
+        while pos < length:
+            if max_bytes > pos:
+                num = min(length - pos, max_bytes - pos)
+                if limit:
+                    num = min(num, limit)
+                await self.drv_preadv(offset + pos, buf[pos : pos + num], flags)
+            else:
+                num = length - pos
+                zero_fill(buf[pos:])
+            pos += num
+
+    async def _copy_on_readv(self, offset: int, buf: memoryview, flags: ReqFlags) -> None:
+        """Read through the chain and write what came from below into this node."""
+        cluster = self.cluster_size_for_cor()
+        start = offset - offset % cluster
+        end = -(-(offset + len(buf)) // cluster) * cluster
+        end = min(end, max(self.getlength(), offset + len(buf)))
+        pos = start
+        while pos < end:
+            allocated, pnum = await self.is_allocated(pos, end - pos)
+            if pnum == 0:
+                pnum = end - pos
+                allocated = True
+            lo, hi = max(pos, offset), min(pos + pnum, offset + len(buf))
+            if allocated:
+                if hi > lo:
+                    await self.drv_preadv(lo, buf[lo - offset : hi - offset], flags)
+            else:
+                bounce = bytearray(pnum)
+                view = memoryview(bounce)
+                await self.drv_preadv(pos, view, flags)
+                await self.fire("cor_write")
+                if is_zero(view):
+                    await self._do_pwrite_zeroes(pos, pnum, ReqFlags.WRITE_UNCHANGED)
+                else:
+                    await self.drv_pwritev(pos, view, ReqFlags.WRITE_UNCHANGED)
+                self.write_gen += 1
+                if hi > lo:
+                    buf[lo - offset : hi - offset] = view[lo - pos : hi - pos]
+            pos += pnum
+
+    async def pwritev(self, offset: int, data: memoryview, flags: ReqFlags = ReqFlags.NONE) -> None:
+        length = len(data)
+        if offset < 0:
+            raise BlockError(errno.EIO)
+        if length == 0:
+            return
+        align = self.request_alignment
+        if align > 1 and (offset % align or length % align):
+            start = offset - offset % align
+            end = -(-(offset + length) // align) * align
+            bounce = bytearray(end - start)
+            view = memoryview(bounce)
+            head_end = min(start + align, end)
+            await self.fire("pwritev_rmw_head")
+            await self._aligned_preadv(start, view[: head_end - start], ReqFlags.NONE)
+            await self.fire("pwritev_rmw_after_head")
+            if end - align >= head_end:
+                await self.fire("pwritev_rmw_tail")
+                await self._aligned_preadv(end - align, view[end - align - start :], ReqFlags.NONE)
+                await self.fire("pwritev_rmw_after_tail")
+            view[offset - start : offset - start + length] = data
+            await self._aligned_pwritev(start, view, flags)
+            return
+        await self._aligned_pwritev(offset, data, flags)
+
+    async def _aligned_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+        await self.fire("pwritev")
+        limit = self.max_transfer
+        length = len(data)
+        if not limit or length <= limit:
+            await self._driver_pwritev(offset, data, flags)
+        else:
+            pos = 0
+            while pos < length:
+                num = min(limit, length - pos)
+                await self._driver_pwritev(offset + pos, data[pos : pos + num], flags)
+                pos += num
+        await self.fire("pwritev_done")
+        self._write_done(offset, length)
+
+    async def _driver_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+        if flags & ReqFlags.FUA and not self.supports_fua:
+            await self.drv_pwritev(offset, data, flags & ~ReqFlags.FUA)
+            await self.flush()
+        else:
+            await self.drv_pwritev(offset, data, flags)
+
+    def _write_done(self, offset: int, length: int) -> None:
+        self.write_gen += 1
+        end_sector = -(-(offset + length) // SECTOR)
+        if end_sector > self.total_sectors:
+            self.total_sectors = end_sector
+
+    async def pwrite_zeroes(
+        self, offset: int, length: int, flags: ReqFlags = ReqFlags.NONE
+    ) -> None:
+        if offset < 0 or length < 0:
+            raise BlockError(errno.EIO)
+        if length == 0:
+            return
+        if not self.flags.unmap:
+            flags &= ~ReqFlags.MAY_UNMAP
+        align = self.request_alignment
+        if align > 1 and (offset % align or length % align):
+            # Unaligned head/tail become read-modify-write zero buffers, as block/io.c does.
+            start = offset - offset % align
+            end = -(-(offset + length) // align) * align
+            if flags & ReqFlags.NO_FALLBACK:
+                raise BlockError(errno.ENOTSUP)
+            bounce = bytearray(end - start)
+            view = memoryview(bounce)
+            await self._aligned_preadv(start, view, ReqFlags.NONE)
+            zero_fill(view[offset - start : offset - start + length])
+            await self._aligned_pwritev(start, view, flags & ReqFlags.FUA)
+            return
+        await self.fire("pwritev_zero")
+        await self._do_pwrite_zeroes(offset, length, flags)
+        self._write_done(offset, length)
+
+    async def _do_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
+        """bdrv_co_do_pwrite_zeroes: driver zeroing by aligned pieces, else a zero buffer."""
+        align = max(self.pwrite_zeroes_alignment, self.request_alignment)
+        max_write_zeroes = self.max_pwrite_zeroes or (1 << 31) - align
+        max_write_zeroes -= max_write_zeroes % align
+        pos = offset
+        end = offset + length
+        while pos < end:
+            num = end - pos
+            # Split off an unaligned head so the middle stays aligned for the driver.
+            if pos % align:
+                num = min(num, align - pos % align)
+            elif num > align:
+                num -= num % align
+            num = min(num, max_write_zeroes)
+            try:
+                await self.drv_pwrite_zeroes(pos, num, flags)
+            except BlockError as exc:
+                if exc.errno != errno.ENOTSUP or flags & ReqFlags.NO_FALLBACK:
+                    raise
+                await self._zero_fallback(pos, num, flags)
+            pos += num
+
+    async def _zero_fallback(self, offset: int, length: int, flags: ReqFlags) -> None:
+        chunk = min(length, MAX_BOUNCE, self.max_transfer or MAX_BOUNCE)
+        zeroes = memoryview(bytearray(chunk))
+        pos = 0
+        while pos < length:
+            num = min(chunk, length - pos)
+            await self._driver_pwritev(offset + pos, zeroes[:num], flags & ReqFlags.FUA)
+            pos += num
+
+    async def pdiscard(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0:
+            raise BlockError(errno.EIO)
+        if not self.flags.unmap or length == 0:
+            return
+        align = max(self.pdiscard_alignment, self.request_alignment)
+        head = offset
+        end = offset + length
+        # Unaligned head and tail are dropped: a discard is only advice.
+        if align > 1:
+            head = -(-offset // align) * align
+            tail = end - end % align
+            if end == self.getlength():
+                tail = end
+            if tail <= head:
+                return
+            end = tail
+        limit = self.max_pdiscard or (1 << 31) - align
+        limit -= limit % align if align > 1 else 0
+        pos = head
+        while pos < end:
+            num = min(end - pos, limit)
+            try:
+                await self.drv_pdiscard(pos, num)
+            except BlockError as exc:
+                if exc.errno != errno.ENOTSUP:
+                    raise
+            pos += num
+        self.write_gen += 1
+
+    async def flush(self) -> None:
+        if self.read_only or self.closed:
+            return
+        current_gen = self.write_gen
+        if await self.drv_flush():
+            self.flushed_gen = current_gen
+            return
+        primary = self.primary_child()
+        if primary is not None:
+            await primary.fire("flush_to_os")
+        await self.drv_flush_to_os()
+        if not self.flags.no_flush and self.flushed_gen != current_gen:
+            if primary is not None:
+                await primary.fire("flush_to_disk")
+            await self.drv_flush_to_disk()
+        first_error: BlockError | None = None
+        for child in self._flushable_children():
+            try:
+                await child.flush()
+            except BlockError as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+        self.flushed_gen = current_gen
+
+    def _flushable_children(self) -> list[BlockNode]:
+        # Only children we write to are flushed (a backing file is read-only for us).
+        return [c for role, c in self.children.items() if role != "backing" and not c.read_only]
+
+    async def truncate(self, length: int, exact: bool = False, prealloc: str = "off") -> None:
+        if length < 0:
+            raise OpenError("Image size cannot be negative", errno.EINVAL)
+        if length > (1 << 63) - (1 << 30):
+            raise OpenError("Image size too large", errno.EFBIG)
+        if self.read_only:
+            raise OpenError("Image is read-only", errno.EACCES)
+        try:
+            await self.drv_truncate(length, exact, prealloc)
+        except OpenError:
+            child = self.filtered_child()
+            if type(self).drv_truncate is BlockNode.drv_truncate and child is not None:
+                await child.truncate(length, exact, prealloc)
+            else:
+                raise
+        self.refresh_total_sectors()
+        self.write_gen += 1
+
+    # -- block status ----------------------------------------------------------------------
+    async def block_status(self, offset: int, length: int, want_zero: bool = False) -> BlockStatus:
+        """bdrv_co_block_status: one run from ``offset`` (length 0 at or past the end)."""
+        total = self.getlength()
+        if offset >= total or length <= 0:
+            return BlockStatus(0, eof=True)
+        length = min(length, total - offset)
+        status = await self.drv_block_status(offset, length, want_zero)
+        if status is None:
+            status = BlockStatus(length, data=True, allocated=True)
+            if self.protocol_name is not None:
+                status.offset = offset
+                status.node = self
+            status.eof = offset + length == total
+            return status
+        status.length = min(status.length, length)
+        if status.raw and status.node is not None and status.offset is not None:
+            inner = await status.node.block_status(status.offset, status.length, want_zero)
+            status = BlockStatus(
+                inner.length,
+                data=inner.data,
+                zero=inner.zero,
+                offset=inner.offset,
+                node=inner.node,
+                eof=inner.eof,
+                compressed=inner.compressed,
+            )
+            if status.length == 0:
+                status.length = min(length, max(1, total - offset))
+                status.zero = True
+                status.eof = True
+        if status.data or status.zero:
+            status.allocated = True
+        elif self.supports_backing:
+            if self.backing is None:
+                status.zero = True
+            elif want_zero and offset >= self.backing.getlength():
+                status.zero = True
+        if (
+            want_zero
+            and status.data
+            and not status.zero
+            and status.node is not None
+            and status.node is not self
+            and status.offset is not None
+        ):
+            inner = await status.node.block_status(status.offset, status.length, True)
+            if inner.eof and (inner.length == 0 or inner.zero):
+                status.zero = True
+            elif inner.length:
+                status.length = inner.length
+                status.zero = inner.zero
+        if offset + status.length >= total:
+            status.eof = True
+        return status
+
+    async def is_allocated(self, offset: int, length: int) -> tuple[bool, int]:
+        status = await self.block_status(offset, length, want_zero=False)
+        return status.allocated, status.length
+
+    async def pwrite_compressed(self, offset: int, data: memoryview) -> None:
+        await self.drv_pwrite_compressed(offset, data)
+        self._write_done(offset, len(data))
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        await self.drv_close()
+        self.closed = True
+        for child in self.children.values():
+            await child.close()
+
+    # -- presentation ----------------------------------------------------------------------
+    def describe(self) -> str:
+        """One line for the graph view: ``qcow2 → file b.qcow2``."""
+        parts = [self.format_name]
+        if self.protocol_name is not None and self.filename:
+            parts.append(self.filename)
+        return " ".join(parts)
+
+
+def charge_io(cost: float) -> None:
+    scheduler.charge(cost)

@@ -1,0 +1,249 @@
+"""The options tree of a block graph, in QEMU's flat form.
+
+Three spellings build one tree: ``--image-opts``/``open -o`` option strings
+(``driver=qcow2,file.filename=x``), ``json:{...}`` filenames (nested objects, flattened) and
+the options a protocol prefix expands to (``blkverify:a:b``).  Like QEMU's QDict, keys are
+dotted paths (``file.filename``); a driver takes the keys it knows and hands ``file.*`` to its
+child; whatever is left over at the end is an error naming the first unknown key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from qio.errors import OptionError
+from qio.numbers import NumberError, parse_size
+
+Value = str | int | float | bool | None
+
+_TRUE = ("on", "yes", "true", "y")
+_FALSE = ("off", "no", "false", "n")
+
+
+class Options:
+    """A flat, ordered mapping of dotted option keys to values."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: dict[str, Value] | None = None) -> None:
+        self._items: dict[str, Value] = dict(items or {})
+
+    # -- mapping basics -------------------------------------------------------------------
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __repr__(self) -> str:
+        return f"Options({self._items!r})"
+
+    def get(self, key: str, default: Value = None) -> Value:
+        return self._items.get(key, default)
+
+    def set(self, key: str, value: Value) -> None:
+        self._items[key] = value
+
+    def setdefault(self, key: str, value: Value) -> None:
+        self._items.setdefault(key, value)
+
+    def pop(self, key: str, default: Value = None) -> Value:
+        return self._items.pop(key, default)
+
+    def items(self) -> list[tuple[str, Value]]:
+        return list(self._items.items())
+
+    def copy(self) -> Options:
+        return Options(self._items)
+
+    def as_dict(self) -> dict[str, Value]:
+        return dict(self._items)
+
+    def merge_missing(self, other: Options) -> None:
+        """Add the keys of ``other`` that are not set here (existing keys win, as qdict_join)."""
+        for key, value in other._items.items():
+            self._items.setdefault(key, value)
+
+    def first_key(self) -> str | None:
+        return next(iter(self._items), None)
+
+    # -- children -------------------------------------------------------------------------
+    def extract(self, prefix: str) -> Options:
+        """Remove and return every ``prefix.*`` key, with the prefix stripped."""
+        dotted = prefix + "."
+        child = Options()
+        for key in list(self._items):
+            if key.startswith(dotted):
+                child._items[key[len(dotted) :]] = self._items.pop(key)
+        return child
+
+    def has_prefix(self, prefix: str) -> bool:
+        dotted = prefix + "."
+        return any(k.startswith(dotted) for k in self._items)
+
+    def list_indices(self, prefix: str) -> list[int]:
+        """Indices of ``prefix.N.*`` entries (QEMU's flattened lists)."""
+        dotted = prefix + "."
+        found: set[int] = set()
+        for key in self._items:
+            if key.startswith(dotted):
+                head = key[len(dotted) :].split(".", 1)[0]
+                if head.isdigit():
+                    found.add(int(head))
+        return sorted(found)
+
+    # -- typed accessors (QemuOpts conversion rules) ----------------------------------------
+    def pop_str(self, key: str, default: str | None = None) -> str | None:
+        if key not in self._items:
+            return default
+        value = self._items.pop(key)
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return str(value)
+
+    def pop_bool(self, key: str, default: bool) -> bool:
+        if key not in self._items:
+            return default
+        value = self._items.pop(key)
+        return to_bool(key, value)
+
+    def pop_int(self, key: str, default: int) -> int:
+        if key not in self._items:
+            return default
+        value = self._items.pop(key)
+        if isinstance(value, bool) or value is None:
+            raise OptionError(f"Parameter '{key}' expects a number")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float):
+            return int(value)
+        text = str(value)
+        try:
+            return int(text, 0)
+        except ValueError:
+            raise OptionError(f"Parameter '{key}' expects a number") from None
+
+    def pop_size(self, key: str, default: int) -> int:
+        if key not in self._items:
+            return default
+        value = self._items.pop(key)
+        return to_size(key, value)
+
+
+def to_bool(key: str, value: Value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value)
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise OptionError(f"Parameter '{key}' expects 'on' or 'off'")
+
+
+def to_size(key: str, value: Value) -> int:
+    if isinstance(value, bool) or value is None:
+        raise OptionError(f"Parameter '{key}' expects a size")
+    if isinstance(value, int):
+        if value < 0:
+            raise OptionError(f"Parameter '{key}' expects a non-negative number below 2^64")
+        return value
+    if isinstance(value, float):
+        return int(value)
+    try:
+        return parse_size(str(value)).value
+    except NumberError:
+        raise OptionError(
+            f"Parameter '{key}' expects a non-negative number below 2^64\n"
+            "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+            "and exabytes, respectively."
+        ) from None
+
+
+def parse_option_string(text: str, warnings: list[str] | None = None) -> Options:
+    """QEMU's QemuOpts syntax: ``key=value,...`` with ``,,`` for a literal comma.
+
+    A bare ``key`` means ``key=on`` (and ``nokey`` ``key=off``), with QEMU's deprecation
+    warning appended to ``warnings``.
+    """
+    opts = Options()
+    i = 0
+    n = len(text)
+    while i < n:
+        # The name runs to '=' or ','.
+        j = i
+        while j < n and text[j] not in "=,":
+            j += 1
+        name = text[i:j]
+        if j < n and text[j] == "=":
+            value_chars: list[str] = []
+            k = j + 1
+            while k < n:
+                if text[k] == ",":
+                    if k + 1 < n and text[k + 1] == ",":
+                        value_chars.append(",")
+                        k += 2
+                        continue
+                    break
+                value_chars.append(text[k])
+                k += 1
+            opts.set(name, "".join(value_chars))
+            i = k + 1
+        else:
+            if name:
+                if name.startswith("no"):
+                    key, value = name[2:], "off"
+                else:
+                    key, value = name, "on"
+                if warnings is not None:
+                    warnings.append(
+                        f"short-form boolean option '{name}' deprecated\nPlease use {key}={value} instead"
+                    )
+                opts.set(key, value)
+            i = j + 1
+    return opts
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> Options:
+    """Nested JSON objects and arrays to dotted keys (QEMU's qdict_flatten)."""
+    flat = Options()
+    _flatten_into(flat, tree, prefix)
+    return flat
+
+
+def _flatten_into(flat: Options, node: Any, prefix: str) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, dict | list):
+                _flatten_into(flat, value, f"{prefix}{key}.")
+            else:
+                flat.set(f"{prefix}{key}", value)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            if isinstance(value, dict | list):
+                _flatten_into(flat, value, f"{prefix}{index}.")
+            else:
+                flat.set(f"{prefix}{index}", value)
+
+
+def parse_json_filename(filename: str) -> Options:
+    """The options of a ``json:{...}`` pseudo-filename (error texts as QEMU's)."""
+    text = filename[len("json:") :]
+    try:
+        tree = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(text.rstrip()):
+            detail = "JSON parse error, premature EOI"
+        else:
+            detail = "JSON parse error, invalid keyword"
+        raise OptionError(f"Could not parse the JSON options: {detail}") from None
+    if not isinstance(tree, dict):
+        raise OptionError("Could not parse the JSON options: Invalid JSON object given")
+    return flatten(tree)

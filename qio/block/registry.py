@@ -1,0 +1,94 @@
+"""Which driver class serves which driver name and filename prefix.
+
+Driver modules are imported only when a graph needs them, so a one-shot ``qio -c`` on a raw
+image never pays for importing qcow2 or NBD.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from qio.errors import OpenError
+
+if TYPE_CHECKING:
+    from qio.block.node import BlockNode
+
+# driver name -> "module:Class"
+_DRIVERS: dict[str, str] = {
+    "file": "qio.block.drivers.file:FileNode",
+    "raw": "qio.block.drivers.raw:RawNode",
+    "null-co": "qio.block.drivers.null:NullCoNode",
+    "null-aio": "qio.block.drivers.null:NullAioNode",
+    "qcow2": "qio.block.qcow2.driver:Qcow2Node",
+    "blkverify": "qio.block.drivers.blkverify:BlkverifyNode",
+    "blkdebug": "qio.block.drivers.blkdebug:BlkdebugNode",
+    "copy-on-read": "qio.block.drivers.copy_on_read:CopyOnReadNode",
+    "nbd": "qio.block.drivers.nbd:NbdNode",
+}
+
+# filename prefix (before the first ':') -> driver name
+PROTOCOLS: dict[str, str] = {
+    "file": "file",
+    "null-co": "null-co",
+    "null-aio": "null-aio",
+    "blkverify": "blkverify",
+    "blkdebug": "blkdebug",
+    "nbd": "nbd",
+    "nbd+tcp": "nbd",
+    "nbd+unix": "nbd",
+}
+
+# Formats QEMU has and qio does not implement: named in a clear refusal instead of
+# "Unknown driver", because the name is not unknown, only unsupported here.
+UNSUPPORTED_FORMATS = (
+    "bochs",
+    "cloop",
+    "dmg",
+    "luks",
+    "parallels",
+    "qcow",
+    "qed",
+    "vdi",
+    "vhdx",
+    "vmdk",
+    "vpc",
+    "vvfat",
+    "throttle",
+    "compress",
+    "preallocate",
+    "replication",
+    "quorum",
+)
+
+
+def driver_names() -> list[str]:
+    return sorted(_DRIVERS)
+
+
+def lookup(name: str) -> type[BlockNode]:
+    spec = _DRIVERS.get(name)
+    if spec is None:
+        if name in UNSUPPORTED_FORMATS:
+            raise OpenError(f"Driver '{name}' is not supported by qio")
+        raise OpenError(f"Unknown driver '{name}'")
+    module_name, _, class_name = spec.partition(":")
+    module = importlib.import_module(module_name)
+    cls: type[BlockNode] = getattr(module, class_name)
+    return cls
+
+
+def protocol_for(filename: str) -> str:
+    """The protocol driver a filename names (QEMU's bdrv_find_protocol)."""
+    stop = len(filename)
+    for i, ch in enumerate(filename):
+        if ch in ":/\\":
+            stop = i
+            break
+    if stop == len(filename) or filename[stop] != ":":
+        return "file"
+    prefix = filename[:stop]
+    driver = PROTOCOLS.get(prefix)
+    if driver is None:
+        raise OpenError(f"Unknown protocol '{prefix}'")
+    return driver

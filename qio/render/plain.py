@@ -1,0 +1,129 @@
+"""The plain renderer: exactly the bytes qemu-io prints (pipes, scripts, tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qio.block.open import Notice
+from qio.numbers import cvtstr, report_lines
+from qio.output import Console
+from qio.render.hexdump import hexdump_bytes
+from qio.results import (
+    AllocResult,
+    InfoResult,
+    MapRun,
+    Mismatch,
+    PatternMismatch,
+    TransferReport,
+    VerifyResult,
+)
+
+
+def dump_specific(fields: list[tuple[str, Any]], indent: int) -> str:
+    """QEMU's bdrv_image_info_specific_dump: four spaces per level, '-' shown as ' '."""
+    out: list[str] = []
+    for key, value in fields:
+        out.append(_dump_value(key.replace("-", " "), value, indent))
+    return "".join(out)
+
+
+def _dump_value(label: str, value: Any, indent: int) -> str:
+    pad = " " * indent
+    if isinstance(value, dict):
+        return f"{pad}{label}:\n" + dump_specific(list(value.items()), indent + 4)
+    if isinstance(value, list) and value and isinstance(value[0], tuple):
+        return f"{pad}{label}:\n" + dump_specific(value, indent + 4)
+    if isinstance(value, list):
+        body = "".join(_dump_value(f"[{i}]", item, indent + 4) for i, item in enumerate(value))
+        return f"{pad}{label}:\n{body}"
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    else:
+        text = str(value)
+    return f"{pad}{label}: {text}\n"
+
+
+class PlainRenderer:
+    """Draws results as qemu-io's text.  Subclassed by the terminal renderer."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    # -- raw lines -------------------------------------------------------------------------
+    def out(self, text: str) -> None:
+        self.console.out.write(text)
+
+    def err(self, text: str) -> None:
+        self.console.err.write(text)
+
+    def message(self, line: str) -> None:
+        """A line qemu-io prints on stdout (most per-command failures)."""
+        self.console.out.write(line + "\n")
+
+    def error(self, line: str) -> None:
+        """A line qemu-io prints on stderr."""
+        self.console.err.write(line + "\n")
+
+    def notice(self, notice: Notice) -> None:
+        (self.console.out if notice.stream == "out" else self.console.err).write(notice.text)
+
+    def flush(self) -> None:
+        self.console.flush()
+
+    # -- results ---------------------------------------------------------------------------
+    def transfer(self, r: TransferReport) -> None:
+        self.console.out.write(
+            report_lines(r.verb, r.seconds, r.offset, r.count, r.total, r.ops, r.machine)
+        )
+
+    def hexdump(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self.console.out.write_bytes(hexdump_bytes(data, offset))
+
+    def pattern_mismatch(self, m: PatternMismatch) -> None:
+        self.message(f"Pattern verification failed at offset {m.offset}, {m.length} bytes")
+
+    def map_run(self, r: MapRun) -> None:
+        status = "    allocated" if r.allocated else "not allocated"
+        self.message(
+            f"{cvtstr(float(r.length))} (0x{r.length:x}) bytes {status} at offset "
+            f"{cvtstr(float(r.offset))} (0x{r.offset:x})"
+        )
+
+    def alloc(self, r: AllocResult) -> None:
+        self.message(f"{r.allocated}/{r.count} bytes allocated at offset {cvtstr(float(r.offset))}")
+
+    def length(self, size: int) -> None:
+        self.message(cvtstr(float(size)))
+
+    def info(self, r: InfoResult) -> None:
+        text = "".join(f"format name: {name}\n" for name in r.format_names)
+        if r.cluster_size is not None and r.vm_state_offset is not None:
+            text += f"cluster size: {cvtstr(float(r.cluster_size))}\n"
+            text += f"vm state offset: {cvtstr(float(r.vm_state_offset))}\n"
+            if r.specific is not None:
+                text += "Format specific information:\n" + dump_specific(r.specific, 4)
+        self.out(text)
+
+    def mismatch(self, m: Mismatch, fatal: bool) -> None:
+        if fatal:
+            self.error(m.qemu_line())
+            return
+        where = "" if m.offset is None else f" (sector {m.sector})"
+        self.message(f"{m.qemu_line()}{where}")
+
+    def verify(self, r: VerifyResult, quiet: bool) -> None:
+        if not quiet:
+            if r.extents:
+                self.message(
+                    f"{'offset':>18} {'length':>14} {'first sector':>14} {'last sector':>14}"
+                )
+                for e in r.extents:
+                    self.message(
+                        f"{e.offset:>18} {e.length:>14} {e.first_sector:>14} {e.last_sector:>14}"
+                    )
+        total = sum(e.length for e in r.extents)
+        status = " (cancelled)" if r.cancelled else ""
+        self.message(
+            f"verify: {len(r.extents)} mismatching extent{'s' if len(r.extents) != 1 else ''}, "
+            f"{total} bytes differ in {r.length} bytes at offset {r.offset}{status}"
+        )

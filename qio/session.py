@@ -1,0 +1,259 @@
+"""One qio session: the open image, the command engine and the renderer.
+
+The ``-c`` runner, the piped-stdin loop and the interactive shell are three front doors to
+``Session.run_line``; whatever they are, a command line goes through the same steps as in
+qemu-io: split on spaces, look the command up, check "no file open", check the argument
+count, check the write permission, then run it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from qio.block.backend import BlockBackend
+from qio.block.coroutine import Deadlock, FatalError, scheduler
+from qio.block.node import OpenFlags
+from qio.block.open import Notice, OpenContext, finish_graph, open_node
+from qio.block.options import Options
+from qio.commands import table
+from qio.commands.table import GLOBAL, NOFILE_OK, Command
+from qio.errors import BlockError, OpenError
+from qio.getopt import Getopt, GetoptError
+from qio.numbers import NumberError, cvtnum
+from qio.render.plain import PlainRenderer
+from qio.results import Mismatch
+
+
+class CommandAbort(Exception):
+    """Ends the running command with a status (the message was already printed)."""
+
+    def __init__(self, status: int = -errno.EINVAL) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class QuitProgram(Exception):
+    """Ends the whole program now with an exit status (blkverify's exit(1))."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+@dataclass
+class OpenRequest:
+    """What qemu-io's ``openfile`` gets: a name, options and the open-time switches."""
+
+    name: str | None
+    options: Options
+    flags: OpenFlags
+    writethrough: bool = True
+    force_share: bool = False
+
+
+class CommandOptions:
+    """getopt over a command's words; errors print glibc's message and the usage line."""
+
+    def __init__(self, session: Session, cmd: Command, argv: list[str]) -> None:
+        self.session = session
+        self.cmd = cmd
+        self.argv = argv
+        self._getopt = Getopt(argv, cmd.optstring)
+
+    def __iter__(self) -> Iterator[tuple[str, str | None]]:
+        for item in self._getopt:
+            if isinstance(item, GetoptError):
+                self.session.r.error(f"{self.argv[0]}: {item.message}")
+                self.session.usage(self.cmd)
+                raise CommandAbort()
+            yield item
+
+    @property
+    def operands(self) -> list[str]:
+        return self._getopt.operands
+
+
+@dataclass
+class MismatchLog:
+    """blkverify mismatches recorded in report mode (for ``mismatches``)."""
+
+    entries: list[Mismatch] = field(default_factory=list)
+
+
+class Session:
+    def __init__(
+        self, renderer: PlainRenderer, program: str = "qio", image_opts: bool = False
+    ) -> None:
+        self.r = renderer
+        self.program = program
+        self.image_opts = image_opts
+        self.blk: BlockBackend | None = None
+        self.quit = False
+        self.last_error = 0
+        self.mismatches = MismatchLog()
+        self.interactive = False
+        self.current: Command | None = None
+
+    # -- output helpers --------------------------------------------------------------------
+    def error_report(self, text: str) -> None:
+        """QEMU's error_report: ``prog: text`` on stderr."""
+        self.r.error(f"{self.program}: {text}")
+
+    def warn_report(self, text: str) -> None:
+        self.r.error(f"{self.program}: warning: {text}")
+
+    def usage(self, cmd: Command | None = None) -> None:
+        """qemuio_command_usage: the synopsis line of the running command."""
+        cmd = cmd or self.current
+        assert cmd is not None
+        self.r.message(cmd.usage_line())
+
+    def notify(self, notice: Notice) -> None:
+        self.r.notice(notice)
+
+    def options(self, argv: list[str]) -> CommandOptions:
+        """getopt over the running command's words, with its declared option string."""
+        assert self.current is not None
+        return CommandOptions(self, self.current, argv)
+
+    def number(self, text: str) -> int:
+        """cvtnum plus print_cvtnum_err: the value, or the command ends."""
+        try:
+            parsed = cvtnum(text)
+        except NumberError as exc:
+            self.r.message(exc.message())
+            raise CommandAbort(-exc.code) from None
+        if parsed.hex_with_suffix:
+            self.warn_report(f"Using a multiplier suffix on hex numbers is deprecated: {text}")
+        return parsed.value
+
+    def require_blk(self) -> BlockBackend:
+        assert self.blk is not None
+        return self.blk
+
+    # -- running commands ------------------------------------------------------------------
+    def run_line(self, line: str) -> int:
+        """Run one command line; returns 0 or a negative errno (qemu-io's convention)."""
+        words = [w for w in line.split(" ") if w]
+        if not words:
+            return 0
+        cmd = table.find(words[0])
+        if cmd is None:
+            self.r.error(f'command "{words[0]}" not found')
+            return -errno.EINVAL
+        status = self._run(cmd, words)
+        if status < 0:
+            self.last_error = status
+        return status
+
+    def _run(self, cmd: Command, argv: list[str]) -> int:
+        if not cmd.flags & GLOBAL and not cmd.flags & NOFILE_OK and self.blk is None:
+            self.r.error("no file open, try 'help open'")
+            return -errno.EINVAL
+        argc = len(argv) - 1
+        if argc < cmd.argmin or (cmd.argmax != -1 and argc > cmd.argmax):
+            if cmd.argmax == -1:
+                self.r.error(
+                    f"bad argument count {argc} to {argv[0]}, expected at least {cmd.argmin} arguments"
+                )
+            elif cmd.argmin == cmd.argmax:
+                self.r.error(
+                    f"bad argument count {argc} to {argv[0]}, expected {cmd.argmin} arguments"
+                )
+            else:
+                self.r.error(
+                    f"bad argument count {argc} to {argv[0]}, expected between {cmd.argmin} and {cmd.argmax} arguments"
+                )
+            return -errno.EINVAL
+        if cmd.needs_write and self.blk is not None and self.blk.available and self.blk.read_only:
+            self.error_report("Block node is read-only")
+            return -errno.EINVAL
+        outer, self.current = self.current, cmd
+        try:
+            return cmd.func(self, argv)
+        except CommandAbort as abort:
+            return abort.status
+        except Deadlock:
+            self.error_report(
+                "the request is suspended at a breakpoint and nothing can resume it "
+                "(use aio_read/aio_write with breakpoints)"
+            )
+            return -errno.EDEADLK
+        except FatalError as fatal:
+            self.r.error(fatal.message)
+            raise QuitProgram(fatal.status) from None
+        finally:
+            self.current = outer
+
+    # -- the image -------------------------------------------------------------------------
+    def new_context(self) -> OpenContext:
+        return OpenContext(self.notify, self.program)
+
+    def openfile(self, req: OpenRequest) -> bool:
+        """qemu-io's openfile(): True on success (errors are printed)."""
+        if self.blk is not None:
+            self.error_report("file open already, try 'help close'")
+            return False
+        options = req.options
+        if req.force_share:
+            current = options.get("force-share")
+            if current is not None and str(current) not in ("on", "true", "True"):
+                self.error_report("-U conflicts with image options")
+                return False
+            options.set("force-share", "on")
+        ctx = self.new_context()
+        try:
+            self.blk = open_backend(ctx, req)
+        except OpenError as exc:
+            where = f" device {req.name}" if req.name is not None else ""
+            self.error_report(f"can't open{where}: {exc.message}")
+            return False
+        return True
+
+    def close_image(self) -> None:
+        blk = self.blk
+        if blk is None:
+            return
+        self.blk = None
+        scheduler.drain()
+        try:
+            scheduler.run_sync(blk.close())
+        except (BlockError, OpenError) as exc:
+            msg = exc.message if isinstance(exc, OpenError) else exc.strerror
+            self.error_report(msg)
+        for path in blk.temporary_files:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def open_backend(ctx: OpenContext, req: OpenRequest) -> BlockBackend:
+    """blk_new_open: the whole graph for one image, with -s / -C / -U applied."""
+    flags = req.flags
+    options = req.options
+    if flags.force_share or str(options.get("force-share", "off")) in ("on", "true", "True"):
+        read_only_opt = str(options.get("read-only", "off")) in ("on", "true", "True")
+        if flags.read_write and not read_only_opt:
+            raise OpenError("force-share=on can only be used with read-only images")
+    if flags.copy_on_read and not flags.read_write:
+        raise OpenError("Can't use copy-on-read on read-only device")
+    root = scheduler.run_sync(open_node(ctx, req.name, options, flags))
+    temporary: list[str] = []
+    if flags.snapshot:
+        from qio.block.snapshot_overlay import append_temp_snapshot
+
+        root, path = append_temp_snapshot(ctx, root, flags)
+        temporary.append(path)
+    if flags.copy_on_read:
+        if root.read_only:
+            scheduler.run_sync(root.close())
+            raise OpenError("Can't use copy-on-read on read-only device")
+        root.copy_on_read = True
+    finish_graph(root)
+    blk = BlockBackend(root, ctx, req.writethrough, req.name)
+    blk.temporary_files = temporary
+    return blk

@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qio.numbers import NumberError, cvtnum, cvtstr, parse_pattern, report_lines, strtol_base0, timestr
+from qio.numbers import (
+    NumberError,
+    cvtnum,
+    cvtstr,
+    parse_pattern,
+    report_lines,
+    strtol_base0,
+    timestr,
+)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import signal
 import sys
 
 from qio import __version__
-from qio.block.coroutine import scheduler
+from qio.block.coroutine import FatalError, scheduler
 from qio.block.node import OpenFlags
 from qio.block.open import AIO_MODES, CACHE_MODES, DISCARD_MODES
 from qio.block.options import Options, parse_option_string
@@ -215,6 +215,12 @@ def run(args: list[str]) -> int:
             _piped_loop(session, console)
         scheduler.drain()
         session.close_image()
+    except FatalError as fatal:
+        # Raised outside any command: by a request completing at exit or between piped lines.
+        try:
+            session.fatal(fatal)
+        except QuitProgram as quit_:
+            return quit_.status
     except QuitProgram as quit_:
         console.flush()
         return quit_.status

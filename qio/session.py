@@ -12,11 +12,13 @@ import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from qio.block.backend import BlockBackend
 from qio.block.coroutine import Deadlock, FatalError, scheduler
+from qio.block.mismatch import BlkverifyExit
 from qio.block.node import OpenFlags
-from qio.block.open import Notice, OpenContext, finish_graph, open_node
+from qio.block.open import Notice, OpenContext, open_node
 from qio.block.options import Options
 from qio.commands import table
 from qio.commands.table import GLOBAL, NOFILE_OK, Command
@@ -183,10 +185,22 @@ class Session:
             )
             return -errno.EDEADLK
         except FatalError as fatal:
-            self.r.error(fatal.message)
-            raise QuitProgram(fatal.status) from None
+            self.fatal(fatal)
         finally:
             self.current = outer
+
+    def fatal(self, fatal: FatalError) -> NoReturn:
+        """The program ends here (qemu-io calls exit() inside the driver)."""
+        if isinstance(fatal, BlkverifyExit):
+            self.r.mismatch(fatal.mismatch, fatal=True)
+        else:
+            self.r.error(fatal.message)
+        raise QuitProgram(fatal.status) from None
+
+    def record_mismatch(self, mismatch: Mismatch) -> None:
+        """A blkverify mismatch in report mode: shown now, listed by ``mismatches``."""
+        self.mismatches.entries.append(mismatch)
+        self.r.mismatch(mismatch, fatal=False)
 
     # -- the image -------------------------------------------------------------------------
     def new_context(self) -> OpenContext:
@@ -253,7 +267,6 @@ def open_backend(ctx: OpenContext, req: OpenRequest) -> BlockBackend:
             scheduler.run_sync(root.close())
             raise OpenError("Can't use copy-on-read on read-only device")
         root.copy_on_read = True
-    finish_graph(root)
     blk = BlockBackend(root, ctx, req.writethrough, req.name)
     blk.temporary_files = temporary
     return blk

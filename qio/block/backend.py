@@ -8,7 +8,10 @@ an image was taken offline, and implements the cache mode's write-through: with
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from qio.block.mismatch import MismatchCarrier
 from qio.block.node import BlockNode, ReqFlags
 from qio.block.open import OpenContext
 from qio.errors import BlockError
@@ -41,6 +44,16 @@ class BlockBackend:
     @property
     def read_only(self) -> bool:
         return self.root.read_only
+
+    @contextmanager
+    def whole_request(self, offset: int, count: int) -> Iterator[None]:
+        """Around the pieces of one streamed request: a blkverify mismatch found in a piece
+        names the whole request, as it would had the request been moved at once."""
+        try:
+            yield
+        except MismatchCarrier as exc:
+            exc.rebase(self.root, offset, count)
+            raise
 
     # -- requests --------------------------------------------------------------------------
     async def pread(self, offset: int, buf: memoryview, flags: ReqFlags = ReqFlags.NONE) -> None:

@@ -70,6 +70,7 @@ class Task:
         "waiting_on",
         "name",
         "seq",
+        "returned",
     )
 
     _ids = itertools.count()
@@ -92,6 +93,7 @@ class Task:
         self.waiting_on: Future | None = None
         self.name = name
         self.seq = next(Task._ids)
+        self.returned = False  # the first step is over: the submitter has its answer
 
     def step(self) -> None:
         sched = self.scheduler
@@ -113,8 +115,10 @@ class Task:
             future.waiters.append(self)
         finally:
             sched.current = outer
+            first_step = not self.returned
+            self.returned = True
         if self.done:
-            sched.task_finished(self)
+            sched.task_finished(self, in_place=not first_step)
 
 
 class FatalError(Exception):
@@ -130,12 +134,24 @@ class Deadlock(Exception):
     """A synchronous request is suspended and nothing left can ever resume it."""
 
 
+class _CoScheduleBH:
+    """The one bottom half that wakes rescheduled coroutines (QEMU's co_schedule_bh)."""
+
+    __slots__ = ()
+
+
+_CO_SCHEDULE_BH = _CoScheduleBH()
+
+
 class Scheduler:
     def __init__(self) -> None:
         self.now = 0.0
         self.current: Task | None = None
         self._ready: deque[Task] = deque()
-        self._bottom_halves: list[Task] = []  # completed without I/O; run LIFO
+        # Completed without I/O, plus the co_schedule bottom half; run LIFO.
+        self._bottom_halves: list[Task | _CoScheduleBH] = []
+        self._rescheduled: deque[Future] = deque()  # waiting for the co_schedule bottom half
+        self._co_schedule_pending = False
         self._completions: list[tuple[float, int, Task]] = []  # heap by virtual time
         self.in_flight: set[Task] = set()
 
@@ -155,15 +171,25 @@ class Scheduler:
         while self._ready:
             self._ready.popleft().step()
 
+    def reschedule(self) -> Future:
+        """Await this to give way to the event loop and continue at its next iteration."""
+        fut = Future()
+        self._rescheduled.append(fut)
+        if not self._co_schedule_pending:
+            self._co_schedule_pending = True
+            self._bottom_halves.append(_CO_SCHEDULE_BH)
+        return fut
+
     def run_sync(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run a request to completion, like a qemu-io synchronous command."""
         task = Task(coro, self, None, "sync")
         task.step()
-        if not task.done:
-            self.run_ready()
-            if not task.done:
+        while not task.done:
+            # The request waits: the event loop runs (and may report other requests).
+            if not self._ready and not self._rescheduled:
                 task.coro.close()
                 raise Deadlock()
+            self.poll()
         if task.charged:
             # The request had to wait for I/O: the event loop ran meanwhile.
             self.now = max(self.now, task.clock)
@@ -181,11 +207,13 @@ class Scheduler:
         task.step()
         return task
 
-    def task_finished(self, task: Task) -> None:
+    def task_finished(self, task: Task, in_place: bool = False) -> None:
         if task.on_done is None:
             return
         if task.charged:
             heapq.heappush(self._completions, (task.clock, task.seq, task))
+        elif in_place:
+            self._complete(task)
         else:
             self._bottom_halves.append(task)
 
@@ -198,9 +226,24 @@ class Scheduler:
         """Report every request that has completed by the current virtual time."""
         self.run_ready()
         while self._bottom_halves:
-            self._complete(self._bottom_halves.pop())
+            # Bottom halves scheduled while these run wait for the next round, as in
+            # aio_bh_poll.
+            batch, self._bottom_halves = self._bottom_halves, []
+            while batch:
+                bh = batch.pop()
+                if isinstance(bh, _CoScheduleBH):
+                    self._co_schedule_pending = False
+                    self._wake_rescheduled()
+                else:
+                    self._complete(bh)
         while self._completions and self._completions[0][0] <= self.now:
             self._complete(heapq.heappop(self._completions)[2])
+
+    def _wake_rescheduled(self) -> None:
+        waiting, self._rescheduled = self._rescheduled, deque()
+        for fut in waiting:
+            fut.set_result()
+        self.run_ready()
 
     def advance(self, microseconds: float) -> None:
         self.now += microseconds

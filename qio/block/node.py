@@ -26,6 +26,7 @@ from enum import IntFlag
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qio.block.coroutine import scheduler
+from qio.block.tracking import Padding, RequestTracker, TrackedRequest
 from qio.errors import BlockError, OpenError
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ class BlockNode:
         self.probed = False
         self.copy_on_read = False
         self.closed = False
-        self.debug_target: BlockNode | None = None  # set by the opener once the graph is built
+        self._tracker = RequestTracker()  # in-flight requests (used when request_alignment > 1)
 
     # =====================================================================================
     # Driver hooks (override what the driver supports)
@@ -255,8 +256,13 @@ class BlockNode:
             return self.file or next(iter(self.children.values()), None)
         return None
 
+    def child_offset(self, child: BlockNode) -> int | None:
+        """The shift with which this node passes requests on to ``child`` unchanged (0 for a
+        filter), or None when its requests to ``child`` are not a plain mapping (formats)."""
+        return 0 if self.is_filter and child is self.filtered_child() else None
+
     def find_debug_target(self) -> BlockNode | None:
-        """The first node down the primary chain that handles blkdebug events, if any."""
+        """The first node down the primary chain that handles breakpoints, if any."""
         node: BlockNode | None = self
         while node is not None:
             if node.has_debug_events:
@@ -265,10 +271,13 @@ class BlockNode:
         return None
 
     async def fire(self, event: str) -> None:
-        """Raise a blkdebug event at this node (QEMU's BLKDBG_EVENT / bdrv_debug_event)."""
-        target = self.debug_target
-        if target is not None:
-            await target.on_debug_event(event)
+        """Raise a blkdebug event at this node (QEMU's BLKDBG_EVENT / bdrv_debug_event).
+
+        Only the node itself reacts (a blkdebug node); an event fired at any other node is
+        lost, exactly as in QEMU, where the event does not travel down the graph.
+        """
+        if self.has_debug_events:
+            await self.on_debug_event(event)
 
     def walk(self) -> Sequence[BlockNode]:
         seen: list[BlockNode] = []
@@ -311,14 +320,22 @@ class BlockNode:
         if self.copy_on_read:
             flags |= ReqFlags.COPY_ON_READ
         align = self.request_alignment
-        if align > 1 and (offset % align or length % align):
-            start = offset - offset % align
-            end = -(-(offset + length) // align) * align
-            bounce = bytearray(end - start)
-            await self._aligned_preadv(start, memoryview(bounce), flags)
-            buf[:] = bounce[offset - start : offset - start + length]
+        if align == 1:
+            await self._aligned_preadv(offset, buf, flags)
             return
-        await self._aligned_preadv(offset, buf, flags)
+        tracker = self._tracker
+        req = tracker.begin(offset, length)
+        try:
+            await tracker.wait_serialising(req)
+            pad = Padding.of(offset, length, align)
+            if pad is None:
+                await self._aligned_preadv(offset, buf, flags)
+                return
+            bounce = bytearray(pad.end - pad.start)
+            await self._aligned_preadv(pad.start, memoryview(bounce), flags)
+            buf[:] = memoryview(bounce)[pad.head : pad.head + length]
+        finally:
+            tracker.end(req)
 
     async def _aligned_preadv(self, offset: int, buf: memoryview, flags: ReqFlags) -> None:
         if flags & ReqFlags.COPY_ON_READ:
@@ -384,38 +401,81 @@ class BlockNode:
         if length == 0:
             return
         align = self.request_alignment
-        if align > 1 and (offset % align or length % align):
-            start = offset - offset % align
-            end = -(-(offset + length) // align) * align
-            bounce = bytearray(end - start)
-            view = memoryview(bounce)
-            head_end = min(start + align, end)
-            await self.fire("pwritev_rmw_head")
-            await self._aligned_preadv(start, view[: head_end - start], ReqFlags.NONE)
-            await self.fire("pwritev_rmw_after_head")
-            if end - align >= head_end:
-                await self.fire("pwritev_rmw_tail")
-                await self._aligned_preadv(end - align, view[end - align - start :], ReqFlags.NONE)
-                await self.fire("pwritev_rmw_after_tail")
-            view[offset - start : offset - start + length] = data
-            await self._aligned_pwritev(start, view, flags)
+        if align == 1:
+            await self._aligned_pwritev(offset, data, flags)
             return
-        await self._aligned_pwritev(offset, data, flags)
+        tracker = self._tracker
+        req = tracker.begin(offset, length)
+        try:
+            pad = Padding.of(offset, length, align)
+            if pad is None:
+                await tracker.wait_serialising(req)
+                await self._aligned_pwritev(offset, data, flags)
+                return
+            await tracker.make_serialising(req, align)
+            head_buf, tail_buf = await self._padding_rmw_read(pad)
+            padded = bytearray(pad.end - pad.start)
+            view = memoryview(padded)
+            if pad.head:
+                view[: pad.head] = head_buf[: pad.head]
+            view[pad.head : pad.head + length] = data
+            if pad.tail:
+                view[len(padded) - pad.tail :] = tail_buf[pad.align - pad.tail :]
+            await self._aligned_pwritev(pad.start, view, flags)
+        finally:
+            tracker.end(req)
+
+    async def _padding_rmw_read(self, pad: Padding) -> tuple[memoryview, memoryview]:
+        """bdrv_padding_rmw_read: the head and tail blocks a padded write keeps.
+
+        Returns the head block and the tail block (both ``align`` bytes; one shared buffer
+        when the two reads were merged).
+        """
+        align = pad.align
+        buf = memoryview(bytearray(pad.buf_len))
+        tail_buf = buf[pad.buf_len - align :]
+        if pad.head or pad.merge_reads:
+            if pad.head:
+                await self.fire("pwritev_rmw_head")
+            if pad.merge_reads and pad.tail:
+                await self.fire("pwritev_rmw_tail")
+            await self._aligned_preadv(
+                pad.start, buf[: pad.buf_len if pad.merge_reads else align], ReqFlags.NONE
+            )
+            if pad.head:
+                await self.fire("pwritev_rmw_after_head")
+            if pad.merge_reads and pad.tail:
+                await self.fire("pwritev_rmw_after_tail")
+            if pad.merge_reads:
+                return buf[:align], tail_buf
+        if pad.tail:
+            await self.fire("pwritev_rmw_tail")
+            await self._aligned_preadv(pad.end - align, tail_buf, ReqFlags.NONE)
+            await self.fire("pwritev_rmw_after_tail")
+        return buf[:align], tail_buf
 
     async def _aligned_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
-        await self.fire("pwritev")
+        """bdrv_aligned_pwritev for data: events, max_transfer pieces, write generation."""
         limit = self.max_transfer
         length = len(data)
-        if not limit or length <= limit:
-            await self._driver_pwritev(offset, data, flags)
-        else:
-            pos = 0
-            while pos < length:
-                num = min(limit, length - pos)
-                await self._driver_pwritev(offset + pos, data[pos : pos + num], flags)
-                pos += num
+        await self.fire("pwritev")
+        try:
+            if not limit or length <= limit:
+                await self._driver_pwritev(offset, data, flags)
+            else:
+                pos = 0
+                while pos < length:
+                    num = min(limit, length - pos)
+                    await self._driver_pwritev(offset + pos, data[pos : pos + num], flags)
+                    pos += num
+        except BlockError:
+            await self._write_finished(offset, length, ok=False)
+            raise
+        await self._write_finished(offset, length, ok=True)
+
+    async def _write_finished(self, offset: int, length: int, ok: bool) -> None:
         await self.fire("pwritev_done")
-        self._write_done(offset, length)
+        self._write_done(offset, length, ok)
 
     async def _driver_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
         if flags & ReqFlags.FUA and not self.supports_fua:
@@ -424,10 +484,11 @@ class BlockNode:
         else:
             await self.drv_pwritev(offset, data, flags)
 
-    def _write_done(self, offset: int, length: int) -> None:
+    def _write_done(self, offset: int, length: int, ok: bool = True) -> None:
+        """bdrv_co_write_req_finish: a write (even a failed one) changes the generation."""
         self.write_gen += 1
         end_sector = -(-(offset + length) // SECTOR)
-        if end_sector > self.total_sectors:
+        if ok and end_sector > self.total_sectors:
             self.total_sectors = end_sector
 
     async def pwrite_zeroes(
@@ -440,21 +501,62 @@ class BlockNode:
         if not self.flags.unmap:
             flags &= ~ReqFlags.MAY_UNMAP
         align = self.request_alignment
-        if align > 1 and (offset % align or length % align):
-            # Unaligned head/tail become read-modify-write zero buffers, as block/io.c does.
-            start = offset - offset % align
-            end = -(-(offset + length) // align) * align
-            if flags & ReqFlags.NO_FALLBACK:
-                raise BlockError(errno.ENOTSUP)
-            bounce = bytearray(end - start)
-            view = memoryview(bounce)
-            await self._aligned_preadv(start, view, ReqFlags.NONE)
-            zero_fill(view[offset - start : offset - start + length])
-            await self._aligned_pwritev(start, view, flags & ReqFlags.FUA)
+        if align == 1:
+            await self._aligned_pwrite_zeroes(offset, length, flags)
             return
+        pad = Padding.of(offset, length, align)
+        if pad is not None and flags & ReqFlags.NO_FALLBACK:
+            # A misaligned request cannot be made efficient.
+            raise BlockError(errno.ENOTSUP)
+        tracker = self._tracker
+        req = tracker.begin(offset, length)
+        try:
+            if pad is None:
+                await tracker.wait_serialising(req)
+                await self._aligned_pwrite_zeroes(offset, length, flags)
+                return
+            await self._padded_pwrite_zeroes(req, pad, offset, length, flags)
+        finally:
+            tracker.end(req)
+
+    async def _padded_pwrite_zeroes(
+        self, req: TrackedRequest, pad: Padding, offset: int, length: int, flags: ReqFlags
+    ) -> None:
+        """bdrv_co_do_zero_pwritev: zeroed head and tail blocks are written as data, the
+        aligned middle as a zero write."""
+        align = pad.align
+        data_flags = flags & ReqFlags.FUA
+        await self._tracker.make_serialising(req, align)
+        head_buf, tail_buf = await self._padding_rmw_read(pad)
+        if pad.merge_reads:
+            # Both ends in one buffer: zero what the request covers and write it whole.
+            merged = memoryview(bytearray(pad.buf_len))
+            merged[:align] = head_buf
+            merged[pad.buf_len - align :] = tail_buf
+            zero_fill(merged[pad.head : pad.head + length])
+            await self._aligned_pwritev(pad.start, merged, data_flags)
+            return
+        end = offset + length
+        if pad.head:
+            zero_fill(head_buf[pad.head :])
+            await self._aligned_pwritev(pad.start, head_buf, data_flags)
+            offset = pad.start + align
+        middle_end = end - end % align
+        if middle_end > offset:
+            await self._aligned_pwrite_zeroes(offset, middle_end - offset, flags)
+        if pad.tail:
+            zero_fill(tail_buf[: align - pad.tail])
+            await self._aligned_pwritev(middle_end, tail_buf, data_flags)
+
+    async def _aligned_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
+        """bdrv_aligned_pwritev for a zero write."""
         await self.fire("pwritev_zero")
-        await self._do_pwrite_zeroes(offset, length, flags)
-        self._write_done(offset, length)
+        try:
+            await self._do_pwrite_zeroes(offset, length, flags)
+        except BlockError:
+            await self._write_finished(offset, length, ok=False)
+            raise
+        await self._write_finished(offset, length, ok=True)
 
     async def _do_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
         """bdrv_co_do_pwrite_zeroes: driver zeroing by aligned pieces, else a zero buffer."""
@@ -489,34 +591,60 @@ class BlockNode:
             pos += num
 
     async def pdiscard(self, offset: int, length: int) -> None:
+        """bdrv_co_pdiscard: advice, passed down in pieces the driver may ignore.
+
+        Pieces stop at alignment boundaries so that a driver can ignore the unaligned head
+        and tail (returning ENOTSUP) and still act on the aligned middle.
+        """
         if offset < 0 or length < 0:
             raise BlockError(errno.EIO)
         if not self.flags.unmap or length == 0:
             return
-        align = max(self.pdiscard_alignment, self.request_alignment)
-        head = offset
-        end = offset + length
-        # Unaligned head and tail are dropped: a discard is only advice.
-        if align > 1:
-            head = -(-offset // align) * align
-            tail = end - end % align
-            if end == self.getlength():
-                tail = end
-            if tail <= head:
-                return
-            end = tail
-        limit = self.max_pdiscard or (1 << 31) - align
-        limit -= limit % align if align > 1 else 0
-        pos = head
-        while pos < end:
-            num = min(end - pos, limit)
-            try:
-                await self.drv_pdiscard(pos, num)
-            except BlockError as exc:
-                if exc.errno != errno.ENOTSUP:
-                    raise
-            pos += num
-        self.write_gen += 1
+        if type(self).drv_pdiscard is BlockNode.drv_pdiscard:
+            return  # the driver cannot discard: nothing happens, nothing changes
+        if self.request_alignment == 1:
+            await self._discard_pieces(offset, length)
+            return
+        tracker = self._tracker
+        req = tracker.begin(offset, length)
+        try:
+            await tracker.wait_serialising(req)
+            await self._discard_pieces(offset, length)
+        finally:
+            tracker.end(req)
+
+    async def _discard_pieces(self, offset: int, length: int) -> None:
+        request_align = self.request_alignment
+        align = max(self.pdiscard_alignment, request_align)
+        head = offset % align
+        tail = (offset + length) % align
+        limit = self.max_pdiscard or (1 << 63) - 1
+        limit -= limit % align
+        try:
+            while length > 0:
+                num = length
+                if head:
+                    # Small pieces up to the next alignment boundary.
+                    num = min(length, align - head)
+                    if num % request_align:
+                        num %= request_align
+                    head = (head + num) % align
+                elif tail:
+                    if num > align:
+                        num -= tail  # stop at the last aligned block
+                    elif tail % request_align and tail > request_align:
+                        tail %= request_align
+                        num -= tail
+                num = min(num, limit)
+                try:
+                    await self.drv_pdiscard(offset, num)
+                except BlockError as exc:
+                    if exc.errno != errno.ENOTSUP:
+                        raise
+                offset += num
+                length -= num
+        finally:
+            self.write_gen += 1
 
     async def flush(self) -> None:
         if self.read_only or self.closed:

@@ -267,7 +267,7 @@ async def open_child(
             )
         node = ctx.find_node(reference)
         if node is None:
-            raise OpenError(f"Cannot find device='' nor node-name='{reference}'")
+            raise OpenError(f"Cannot find device='{reference}' nor node-name='{reference}'")
         return node
     flags = parent_flags.copy()
     flags.snapshot = False
@@ -329,12 +329,6 @@ async def open_backing(
     node.attach("backing", child)
 
 
-def finish_graph(root: BlockNode) -> None:
-    """Per-node facts that depend on the whole graph (where blkdebug events go)."""
-    for node in root.walk():
-        node.debug_target = node.find_debug_target()
-
-
 def open_image_sync(
     ctx: OpenContext,
     filename: str | None,
@@ -342,6 +336,4 @@ def open_image_sync(
     flags: OpenFlags,
 ) -> BlockNode:
     """Open a whole graph from outside any request (qemu-io's ``openfile``)."""
-    node = scheduler.run_sync(open_node(ctx, filename, options, flags))
-    finish_graph(node)
-    return node
+    return scheduler.run_sync(open_node(ctx, filename, options, flags))

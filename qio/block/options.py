@@ -70,7 +70,8 @@ class Options:
             self._items.setdefault(key, value)
 
     def first_key(self) -> str | None:
-        return next(iter(self._items), None)
+        """The key QEMU's ``qdict_first`` would name (for "does not support the option")."""
+        return qdict_first(list(self._items))
 
     # -- children -------------------------------------------------------------------------
     def extract(self, prefix: str) -> Options:
@@ -135,6 +136,30 @@ class Options:
             return default
         value = self._items.pop(key)
         return to_size(key, value)
+
+
+QDICT_BUCKETS = 512
+
+
+def qdict_hash(key: str) -> int:
+    """QEMU's tdb_hash of a QDict key, reduced to its bucket."""
+    value = (0x238F13AF * len(key.encode())) & 0xFFFFFFFF
+    for i, byte in enumerate(key.encode()):
+        value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
+    return ((1103515243 * value + 12345) & 0xFFFFFFFF) % QDICT_BUCKETS
+
+
+def qdict_order(keys: list[str]) -> list[str]:
+    """``keys`` (in insertion order) in the order a QDict iterates them: by hash bucket, and
+    within a bucket the most recently inserted first.  Error messages that name "the first"
+    unknown option follow this order."""
+    ranked = sorted(enumerate(keys), key=lambda item: (qdict_hash(item[1]), -item[0]))
+    return [key for _, key in ranked]
+
+
+def qdict_first(keys: list[str]) -> str | None:
+    ordered = qdict_order(keys)
+    return ordered[0] if ordered else None
 
 
 def to_bool(key: str, value: Value) -> bool:

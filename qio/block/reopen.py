@@ -45,9 +45,10 @@ async def _reopen_node(node: BlockNode, options: Options, read_write: bool) -> N
     leftover = options.first_key()
     if leftover is not None:
         raise OpenError(f"Cannot change the option '{leftover}'")
-    node.flags.read_write = read_write
     for role, child in node.children.items():
         if role == "backing":
             continue
         await _reopen_node(child, child_options[role], read_write)
+    # Only once the whole subtree accepted the change (a driver below may refuse).
+    node.flags.read_write = read_write
     node.refresh_total_sectors()

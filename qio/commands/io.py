@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from qio.block.coroutine import Task, scheduler
+from qio.block.mismatch import BlkverifyMismatch
 from qio.block.node import ReqFlags
 from qio.commands.table import command
 from qio.errors import BlockError
@@ -39,7 +40,12 @@ def pattern_byte(s: Session, text: str) -> int:
 
 
 def io_failed(s: Session, what: str, exc: BlockError) -> int:
-    s.r.message(f"{what} failed: {exc.strerror}")
+    """A failed request: ``<what> failed: <strerror>``, or a blkverify mismatch (report mode),
+    which is shown and recorded instead."""
+    if isinstance(exc, BlkverifyMismatch):
+        s.record_mismatch(exc.mismatch)
+    else:
+        s.r.message(f"{what} failed: {exc.strerror}")
     return -exc.errno
 
 
@@ -161,7 +167,8 @@ async def _read_request(
         part = view[:n]
         part[:] = _AB_CHUNK[:n]
         try:
-            await blk.pread(offset + pos, part)
+            with blk.whole_request(offset, count):
+                await blk.pread(offset + pos, part)
         except BlockError as exc:
             return ReadOutcome(now() - t1, exc, None)
         if check is not None:
@@ -384,11 +391,12 @@ async def _write_request(
         return now() - t1
     blk.check(offset, count)
     pos = 0
-    while pos < count:
-        n = min(CHUNK, count - pos)
-        last = pos + n == count
-        await blk.pwrite(offset + pos, source.chunk(pos, n), flags, final=last)
-        pos += n
+    with blk.whole_request(offset, count):
+        while pos < count:
+            n = min(CHUNK, count - pos)
+            last = pos + n == count
+            await blk.pwrite(offset + pos, source.chunk(pos, n), flags, final=last)
+            pos += n
     return now() - t1
 
 
@@ -609,7 +617,7 @@ def aio_read_f(s: Session, argv: list[str]) -> int:
         seconds = now() - t1
         error = task.error
         if isinstance(error, BlockError):
-            s.r.message(f"readv failed: {error.strerror}")
+            io_failed(s, "readv", error)
             return
         if error is not None:
             raise error
@@ -702,7 +710,7 @@ def aio_write_f(s: Session, argv: list[str]) -> int:
         seconds = now() - t1
         error = task.error
         if isinstance(error, BlockError):
-            s.r.message(f"aio_write failed: {error.strerror}")
+            io_failed(s, "aio_write", error)
             return
         if error is not None:
             raise error

@@ -58,7 +58,10 @@ class RawNode(BlockNode):
                     "write operations on block 0 will be restricted.\n"
                     "         Specify the 'raw' format explicitly to remove the restrictions.\n"
                 )
-        self.request_alignment = max(self.request_alignment, file.request_alignment)
+        # Limits inherited from the child as QEMU's bdrv_merge_limits does; the request
+        # alignment is not among them (a blkdebug ``align`` below pads at blkdebug itself).
+        self.max_transfer = file.max_transfer
+        self.pdiscard_alignment = max(self.pdiscard_alignment, file.pdiscard_alignment)
         self.supports_fua = file.supports_fua
 
     async def drv_reopen(self, options: Options, read_write: bool) -> None:
@@ -70,6 +73,9 @@ class RawNode(BlockNode):
     @property
     def is_filter(self) -> bool:  # type: ignore[override]
         return self.offset == 0 and self.size is None
+
+    def child_offset(self, child: BlockNode) -> int | None:
+        return self.offset if child is self.file else None
 
     def drv_getlength(self) -> int:
         if self.size is not None:

@@ -1,0 +1,71 @@
+"""Finding where two byte buffers differ, at C speed.
+
+Equal stretches are skipped with slice comparisons (memcmp); inside a block known to differ,
+the first or last differing byte falls out of the XOR of the two blocks read as big integers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+BLOCK = 64 << 10
+SECTOR = 512
+
+Bytes = bytes | bytearray | memoryview
+
+
+def first_difference(a: Bytes, b: Bytes) -> int | None:
+    """Index of the first byte where ``a`` and ``b`` (equal lengths) differ; None if equal."""
+    if a == b:
+        return None
+    n = len(a)
+    pos = 0
+    while pos < n:
+        end = min(n, pos + BLOCK)
+        if a[pos:end] != b[pos:end]:
+            return pos + _first_in(a[pos:end], b[pos:end])
+        pos = end
+    return None
+
+
+def _xor(a: Bytes, b: Bytes) -> int:
+    return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+
+
+def _first_in(a: Bytes, b: Bytes) -> int:
+    """First differing index of two blocks known to differ."""
+    return len(a) - 1 - (_xor(a, b).bit_length() - 1) // 8
+
+
+def _last_in(a: Bytes, b: Bytes) -> int:
+    """Last differing index of two blocks known to differ."""
+    x = _xor(a, b)
+    return len(a) - 1 - ((x & -x).bit_length() - 1) // 8
+
+
+def differing_sectors(a: Bytes, b: Bytes, offset: int) -> Iterator[tuple[int, int, int]]:
+    """(sector, first, last) for every 512-byte sector where ``a`` and ``b`` differ.
+
+    ``a`` and ``b`` hold the bytes at image offset ``offset``; sectors are counted from the
+    start of the image and ``first``/``last`` are the image offsets of the first and last
+    differing byte inside the sector (clipped to the buffers).
+    """
+    n = len(a)
+    pos = 0
+    while pos < n:
+        end = min(n, pos + BLOCK)
+        if a[pos:end] != b[pos:end]:
+            yield from _sectors_in(a, b, offset, pos, end)
+        pos = end
+
+
+def _sectors_in(
+    a: Bytes, b: Bytes, offset: int, pos: int, end: int
+) -> Iterator[tuple[int, int, int]]:
+    while pos < end:
+        sector = (offset + pos) // SECTOR
+        stop = min(end, (sector + 1) * SECTOR - offset)
+        sa, sb = a[pos:stop], b[pos:stop]
+        if sa != sb:
+            yield sector, offset + pos + _first_in(sa, sb), offset + pos + _last_in(sa, sb)
+        pos = stop

@@ -1,0 +1,174 @@
+"""The ``blkverify`` filter: run every request on a trusted copy and on the image under test.
+
+Two children: ``raw``, the reference copy, opened at protocol level (its bytes, never
+probed), and ``test``, the image under test (probed unless a driver is given).  Reads go to
+both children and the data is compared byte by byte; writes go to both and only the return
+values are compared.  The node's length is the test child's, a flush reaches only the test
+child, and discards are accepted and reach neither child, all as in QEMU 7.2.
+
+At the first difference qemu-io 7.2 prints one line on stderr and ends the process with status
+1; qio does the same (``BlkverifyExit``).  With the qio option ``mismatch=report`` the request
+fails with EIO instead and the session goes on (``BlkverifyMismatch``); see
+docs/blkverify.md.
+
+Where QEMU 7.2 crashes or lets the children drift apart, qio keeps them equal:
+
+* a zero write (``write -z``) aborts qemu-io 7.2 with a failed assertion; qio zeroes the range
+  on both children (and compares the return values as for writes);
+* ``truncate`` resizes only the raw child in 7.2 (the visible length does not change); qio
+  resizes both children.
+"""
+
+from __future__ import annotations
+
+from qio.block.compare import first_difference
+from qio.block.mismatch import BlkverifyExit, BlkverifyMismatch
+from qio.block.node import BlockNode, ReqFlags
+from qio.block.open import open_child
+from qio.block.options import Options
+from qio.errors import BlockError, OpenError
+from qio.results import Mismatch
+
+MISMATCH_MODES = ("exit", "report")
+WINDOW = 64  # bytes of each child kept around a content mismatch (for terminal views)
+
+
+class BlkverifyNode(BlockNode):
+    format_name = "blkverify"
+    protocol_name = "blkverify"
+    is_filter = True
+
+    raw: BlockNode
+    test: BlockNode
+    report_mismatches = False
+
+    @classmethod
+    def parse_filename(cls, filename: str, options: Options) -> None:
+        prefix = "blkverify:"
+        if not filename.startswith(prefix):
+            # Without the prefix the filename names the test image; the rest are options.
+            options.set("x-image", filename)
+            return
+        raw_path, colon, test_path = filename[len(prefix) :].partition(":")
+        if not colon:
+            raise OpenError("blkverify requires raw copy and original image path")
+        options.set("x-raw", raw_path)
+        options.set("x-image", test_path)
+
+    async def open(self, options: Options) -> None:
+        raw_path = options.pop_str("x-raw")
+        test_path = options.pop_str("x-image")
+        mode = options.pop_str("mismatch", "exit")
+        if mode not in MISMATCH_MODES:
+            raise OpenError(f"Parameter 'mismatch' expects 'exit' or 'report', not '{mode}'")
+        self.report_mismatches = mode == "report"
+        raw = await open_child(self.context, raw_path, options, "raw", self.flags)
+        assert raw is not None
+        self.raw = self.attach("raw", raw)
+        self.file = raw  # QEMU's bs->file: the primary child (breakpoints, info)
+        test = await open_child(
+            self.context, test_path, options, "test", self.flags, protocol=False
+        )
+        assert test is not None
+        self.test = self.attach("test", test)
+        self.filename = f"blkverify:{raw.filename}:{test.filename}"
+        if self.report_mismatches:
+            self.options["mismatch"] = mode
+        limits = [n.max_transfer for n in (raw, test) if n.max_transfer]
+        self.max_transfer = min(limits) if limits else 0
+
+    def child_offset(self, child: BlockNode) -> int | None:
+        return 0 if child in (self.raw, self.test) else None
+
+    def drv_getlength(self) -> int:
+        return self.test.getlength()
+
+    # -- requests ---------------------------------------------------------------------------
+    async def drv_preadv(self, offset: int, buf: memoryview, flags: ReqFlags) -> None:
+        raw_buf = memoryview(bytearray(len(buf)))
+        test_error = await _outcome(self.test.preadv(offset, buf, flags))
+        raw_error = await _outcome(self.raw.preadv(offset, raw_buf, flags))
+        self._check_returns("read", offset, len(buf), test_error, raw_error)
+        if test_error is not None:
+            raise test_error  # both failed alike: their buffers mean nothing
+        at = first_difference(buf, raw_buf)
+        if at is not None:
+            lo = max(0, at - WINDOW // 2)
+            lo -= lo % 16
+            self._fail(
+                Mismatch(
+                    "read",
+                    offset,
+                    len(buf),
+                    offset + at,
+                    raw_bytes=bytes(raw_buf[lo : lo + WINDOW]),
+                    test_bytes=bytes(buf[lo : lo + WINDOW]),
+                    window_offset=offset + lo,
+                )
+            )
+
+    async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+        test_error = await _outcome(self.test.pwritev(offset, data, flags))
+        raw_error = await _outcome(self.raw.pwritev(offset, data, flags))
+        self._check_returns("write", offset, len(data), test_error, raw_error)
+        if test_error is not None:
+            raise test_error
+
+    async def drv_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
+        # qemu-io 7.2 aborts here (an assertion in the generic layer); zeroing both children
+        # keeps them equal.
+        test_error = await _outcome(self.test.pwrite_zeroes(offset, length, flags))
+        raw_error = await _outcome(self.raw.pwrite_zeroes(offset, length, flags))
+        self._check_returns("write", offset, length, test_error, raw_error)
+        if test_error is not None:
+            raise test_error
+
+    async def drv_flush(self) -> bool:
+        # As QEMU: only the test image's data matters on disk.
+        await self.test.flush()
+        return True
+
+    async def drv_truncate(self, length: int, exact: bool, prealloc: str) -> None:
+        # QEMU 7.2 resizes only the raw child; both children keep the same length here.
+        await self.test.truncate(length, exact, prealloc)
+        await self.raw.truncate(length, exact, prealloc)
+
+    async def drv_reopen(self, options: Options, read_write: bool) -> None:
+        raise OpenError(
+            f"Block format 'blkverify' used by node '{self.node_name}' does not support "
+            "reopening files"
+        )
+
+    async def drv_close(self) -> None:
+        # QEMU's blkverify_close drops the test child first.
+        test = self.children.get("test")
+        if test is not None:
+            await test.close()
+
+    # -- mismatches -------------------------------------------------------------------------
+    def _check_returns(
+        self,
+        op: str,
+        offset: int,
+        length: int,
+        test_error: BlockError | None,
+        raw_error: BlockError | None,
+    ) -> None:
+        test_ret = -test_error.errno if test_error is not None else 0
+        raw_ret = -raw_error.errno if raw_error is not None else 0
+        if test_ret != raw_ret:
+            self._fail(Mismatch(op, offset, length, test_ret=test_ret, raw_ret=raw_ret))
+
+    def _fail(self, mismatch: Mismatch) -> None:
+        if self.report_mismatches:
+            raise BlkverifyMismatch(mismatch, self)
+        raise BlkverifyExit(mismatch, self)
+
+
+async def _outcome(request: object) -> BlockError | None:
+    """Run one child request; its error (QEMU's negative return value) or None."""
+    try:
+        await request  # type: ignore[misc]
+    except BlockError as exc:
+        return exc
+    return None

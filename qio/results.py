@@ -85,7 +85,11 @@ class Mismatch:
 
 @dataclass(frozen=True)
 class MismatchExtent:
-    """A run of differing bytes found by ``verify``."""
+    """A run of consecutive 512-byte sectors in which the two children differ (``verify``).
+
+    ``offset`` is the first differing byte, ``offset + length`` follows the last one; bytes
+    in between may be equal.
+    """
 
     offset: int
     length: int
@@ -101,6 +105,8 @@ class MismatchExtent:
 
 @dataclass
 class VerifyResult:
+    """What ``verify`` found comparing the blkverify children over a range."""
+
     offset: int
     length: int
     extents: list[MismatchExtent] = field(default_factory=list)
@@ -108,3 +114,43 @@ class VerifyResult:
     bytes_skipped: int = 0  # proven equal from block status (both sides zero)
     seconds: float = 0.0
     cancelled: bool = False
+
+    @property
+    def differing_bytes(self) -> int:
+        return sum(e.length for e in self.extents)
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    """``diff``: the same range read from both blkverify children."""
+
+    offset: int
+    raw: bytes
+    test: bytes
+    context: int | None = None  # lines shown around differing lines (None: every line)
+
+    @property
+    def differing_bytes(self) -> int:
+        return sum(1 for a, b in zip(self.raw, self.test, strict=True) if a != b)
+
+    @property
+    def first_difference(self) -> int | None:
+        for i, (a, b) in enumerate(zip(self.raw, self.test, strict=True)):
+            if a != b:
+                return self.offset + i
+        return None
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    """One node of the block graph as ``graph`` shows it."""
+
+    role: str | None  # the name of the edge from the parent (None for the root)
+    node_name: str
+    driver: str
+    filename: str
+    options: dict[str, Any]  # the node's own options (its children's are on their nodes)
+    read_only: bool
+    probed: bool
+    leaf_label: str  # how a leaf names what it opened: "a.img", "" for null-co
+    children: tuple[GraphNode, ...] = ()

@@ -95,4 +95,4 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from qio.commands import debug, image, io, misc  # noqa: F401
+    from qio.commands import blkverify_cmds, debug, image, io, misc  # noqa: F401

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from qio.block.graph import label, one_line
 from qio.block.open import Notice
 from qio.numbers import cvtstr, report_lines
 from qio.output import Console
 from qio.render.hexdump import hexdump_bytes
 from qio.results import (
     AllocResult,
+    DiffResult,
+    GraphNode,
     InfoResult,
     MapRun,
     Mismatch,
@@ -105,25 +108,127 @@ class PlainRenderer:
         self.out(text)
 
     def mismatch(self, m: Mismatch, fatal: bool) -> None:
+        """A blkverify mismatch: qemu-io's stderr line when it ends the program; in report
+        mode the same line on stdout with the 512-byte sector of the first differing byte."""
         if fatal:
             self.error(m.qemu_line())
             return
         where = "" if m.offset is None else f" (sector {m.sector})"
         self.message(f"{m.qemu_line()}{where}")
 
+    def mismatches(self, entries: list[Mismatch]) -> None:
+        for number, m in enumerate(entries, 1):
+            where = "" if m.offset is None else f" (sector {m.sector})"
+            self.message(f"{number}: {m.qemu_line()}{where}")
+        count = f"{len(entries)} mismatch{'es' if len(entries) != 1 else ''}"
+        self.message(f"mismatches: {count if entries else 'none'} recorded in this session")
+
     def verify(self, r: VerifyResult, quiet: bool) -> None:
-        if not quiet:
-            if r.extents:
+        if not quiet and r.extents:
+            self.message(f"{'offset':>18} {'length':>14} {'first sector':>14} {'last sector':>14}")
+            for e in r.extents:
                 self.message(
-                    f"{'offset':>18} {'length':>14} {'first sector':>14} {'last sector':>14}"
+                    f"{e.offset:>18} {e.length:>14} {e.first_sector:>14} {e.last_sector:>14}"
                 )
-                for e in r.extents:
-                    self.message(
-                        f"{e.offset:>18} {e.length:>14} {e.first_sector:>14} {e.last_sector:>14}"
-                    )
-        total = sum(e.length for e in r.extents)
-        status = " (cancelled)" if r.cancelled else ""
+        count = len(r.extents)
+        status = " (interrupted)" if r.cancelled else ""
         self.message(
-            f"verify: {len(r.extents)} mismatching extent{'s' if len(r.extents) != 1 else ''}, "
-            f"{total} bytes differ in {r.length} bytes at offset {r.offset}{status}"
+            f"verify: {count} mismatching extent{'s' if count != 1 else ''}, "
+            f"{r.differing_bytes} bytes differ in {r.length} bytes at offset {r.offset}{status}"
         )
+
+    def diff(self, r: DiffResult) -> None:
+        self.out("".join(diff_lines(r)))
+
+    def graph(self, tree: GraphNode, short: bool) -> None:
+        if short:
+            self.message(one_line(tree))
+            return
+        self.out("".join(graph_lines(tree)))
+
+
+# -- diff ----------------------------------------------------------------------------------
+def _mark_line(indent: int, raw: bytes, test: bytes) -> str:
+    marks = " ".join("^^" if a != b else "  " for a, b in zip(raw, test, strict=True))
+    return f"{'':{indent}}{marks.ljust(47)}{'':4}{marks}".rstrip() + "\n"
+
+
+def _skipped_line(indent: int, count: int) -> str:
+    return f"{'':{indent}}... {count} identical line{'s' if count != 1 else ''}\n"
+
+
+def diff_lines(r: DiffResult) -> list[str]:
+    """The plain side-by-side dump: raw on the left, test on the right; a differing line is
+    marked '!' and followed by '^^' under its differing bytes (visible without colour)."""
+    rows = range(0, len(r.raw), 16)
+    differs = [r.raw[i : i + 16] != r.test[i : i + 16] for i in rows]
+    shown = [True] * len(differs)
+    if r.context is not None:
+        near: set[int] = set()
+        for index, different in enumerate(differs):
+            if different:
+                near.update(range(index - r.context, index + r.context + 1))
+        shown = [index in near for index in range(len(differs))]
+    width = max(8, len(f"{r.offset + max(0, len(r.raw) - 1):x}"))
+    indent = width + 3  # the offset, ':' and two spaces, as in qemu-io's hexdump
+    out = [f"{'':{indent}}{'raw':47}{'':4}test\n"]
+    skipped = 0
+    for index, start in enumerate(rows):
+        if not shown[index]:
+            skipped += 1
+            continue
+        if skipped:
+            out.append(_skipped_line(indent, skipped))
+            skipped = 0
+        raw, test = r.raw[start : start + 16], r.test[start : start + 16]
+        mark = "!" if differs[index] else " "
+        out.append(f"{r.offset + start:0{width}x}:  {raw.hex(' '):47} {mark}  {test.hex(' ')}\n")
+        if differs[index]:
+            out.append(_mark_line(indent, raw, test))
+    if skipped:
+        out.append(_skipped_line(indent, skipped))
+    first = r.first_difference
+    if first is None:
+        out.append(f"diff: the children are identical in {len(r.raw)} bytes at offset {r.offset}\n")
+    else:
+        out.append(
+            f"diff: {r.differing_bytes} of {len(r.raw)} bytes differ, "
+            f"the first at offset {first} (sector {first // 512})\n"
+        )
+    return out
+
+
+# -- graph ---------------------------------------------------------------------------------
+def _node_text(node: GraphNode) -> str:
+    parts = [label(node)]
+    notes = [node.node_name]
+    if node.probed:
+        notes.append("probed")
+    if node.read_only:
+        notes.append("read-only")
+    parts.append(f"[{', '.join(notes)}]")
+    if node.options:
+        parts.append(
+            "{" + ", ".join(f"{k}={_option_text(v)}" for k, v in node.options.items()) + "}"
+        )
+    return " ".join(parts)
+
+
+def _option_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def graph_lines(tree: GraphNode) -> list[str]:
+    """One node per line, children indented under their parent with their role."""
+    out = [_node_text(tree) + "\n"]
+
+    def walk(node: GraphNode, prefix: str) -> None:
+        for index, child in enumerate(node.children):
+            last = index == len(node.children) - 1
+            out.append(f"{prefix}{'└── ' if last else '├── '}{child.role}: {_node_text(child)}\n")
+            walk(child, prefix + ("    " if last else "│   "))
+
+    walk(tree, "")
+    return out

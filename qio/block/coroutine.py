@@ -105,8 +105,13 @@ class Task:
         except StopIteration as stop:
             self.done = True
             self.result = stop.value
-        except FatalError:
-            raise
+        except FatalError as exc:
+            if self.on_done is None:
+                raise  # a synchronous request: the program ends now
+            # An asynchronous one ends the program when its completion is processed, which is
+            # when QEMU's coroutine would have run to the exit() (after its I/O completed).
+            self.done = True
+            self.error = exc
         except BaseException as exc:  # noqa: BLE001 - handed to the completion callback
             self.done = True
             self.error = exc
@@ -219,6 +224,8 @@ class Scheduler:
 
     def _complete(self, task: Task) -> None:
         self.in_flight.discard(task)
+        if isinstance(task.error, FatalError):
+            raise task.error
         assert task.on_done is not None
         task.on_done(task)
 

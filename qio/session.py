@@ -242,6 +242,10 @@ def open_backend(ctx: OpenContext, req: OpenRequest) -> BlockBackend:
     if flags.copy_on_read and not flags.read_write:
         raise OpenError("Can't use copy-on-read on read-only device")
     root = scheduler.run_sync(open_node(ctx, req.name, options, flags))
+    if flags.read_write and root.read_only:
+        # The backend wants to write but the options made the node read-only.
+        scheduler.run_sync(root.close())
+        raise OpenError("Block node is read-only")
     temporary: list[str] = []
     if flags.snapshot:
         from qio.block.snapshot_overlay import append_temp_snapshot

@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("QIO_DEBUG"):
             raise
         sys.stdout.flush()
-        sys.stderr.write(f"{PROGRAM}: internal error: {type(exc).__name__}: {exc} (set QIO_DEBUG=1 for details)\n")
+        sys.stderr.write(
+            f"{PROGRAM}: internal error: {type(exc).__name__}: {exc} (set QIO_DEBUG=1 for details)\n"
+        )
         status = 1
     return status
 

@@ -146,4 +146,3 @@ class TableCache:
 
     def has_dirty(self) -> bool:
         return any(t.dirty for t in self.tables.values())
-

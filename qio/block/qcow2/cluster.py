@@ -37,7 +37,15 @@ if TYPE_CHECKING:
 # Cluster types (of a whole L2 entry).
 C_UNALLOCATED, C_ZERO_PLAIN, C_ZERO_ALLOC, C_NORMAL, C_COMPRESSED = range(5)
 # Subcluster types (what a read sees).
-SC_NORMAL, SC_COMPRESSED, SC_ZERO_PLAIN, SC_ZERO_ALLOC, SC_UNALLOCATED_PLAIN, SC_UNALLOCATED_ALLOC, SC_INVALID = range(7)
+(
+    SC_NORMAL,
+    SC_COMPRESSED,
+    SC_ZERO_PLAIN,
+    SC_ZERO_ALLOC,
+    SC_UNALLOCATED_PLAIN,
+    SC_UNALLOCATED_ALLOC,
+    SC_INVALID,
+) = range(7)
 SC_NAMES = {
     SC_NORMAL: "data",
     SC_COMPRESSED: "compressed",
@@ -102,7 +110,9 @@ class HostRun:
 
     type: int
     length: int
-    host_offset: int  # byte offset in the data file (normal / zero-alloc), or the L2 entry (compressed)
+    host_offset: (
+        int  # byte offset in the data file (normal / zero-alloc), or the L2 entry (compressed)
+    )
 
 
 class ClusterMap:
@@ -271,7 +281,9 @@ class ClusterMap:
         if new_size >= self.l1_size:
             return
         await node.fire("l1_shrink_write_table")
-        await node.image_file.pwrite_zeroes(self.l1_offset + new_size * 8, (self.l1_size - new_size) * 8)
+        await node.image_file.pwrite_zeroes(
+            self.l1_offset + new_size * 8, (self.l1_size - new_size) * 8
+        )
         await node.image_file.flush()
         await node.fire("l1_shrink_free_l2_clusters")
         for i in range(self.l1_size - 1, new_size - 1, -1):
@@ -286,7 +298,9 @@ class ClusterMap:
     async def _l2_offset(self, l1_index: int) -> int:
         l2 = self.l1_table[l1_index] & L1E_OFFSET_MASK
         if l2 % self.cluster_size:
-            await self.node.signal_corruption(True, f"L2 table offset {l2:#x} unaligned (L1 index: {l1_index:#x})")
+            await self.node.signal_corruption(
+                True, f"L2 table offset {l2:#x} unaligned (L1 index: {l1_index:#x})"
+            )
             raise BlockError(errno.EIO)
         return l2
 
@@ -313,7 +327,9 @@ class ClusterMap:
         old = self.l1_table[l1_index] & L1E_OFFSET_MASK
         l2_offset = await node.refcounts.alloc_clusters(self.cluster_size)
         if l2_offset == 0:
-            await node.signal_corruption(True, "Preventing invalid allocation of L2 table at offset 0")
+            await node.signal_corruption(
+                True, "Preventing invalid allocation of L2 table at offset 0"
+            )
             raise BlockError(errno.EIO)
         await node.refblock_cache.flush()
         cache = node.l2_cache
@@ -354,7 +370,8 @@ class ClusterMap:
         host = 0
         if node.header.version < 3 and stype in (SC_ZERO_PLAIN, SC_ZERO_ALLOC):
             await node.signal_corruption(
-                True, f"Zero cluster entry found in pre-v3 image (L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x})"
+                True,
+                f"Zero cluster entry found in pre-v3 image (L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x})",
             )
             raise BlockError(errno.EIO)
         if stype == SC_COMPRESSED:
@@ -386,13 +403,16 @@ class ClusterMap:
         count = self._count_contiguous(nb_clusters, sc_index, table, l2_index)
         if count < 0:
             await node.signal_corruption(
-                True, f"Invalid cluster entry found  (L2 offset: {l2_offset:#x}, L2 index: {l2_index - count - 1:#x})"
+                True,
+                f"Invalid cluster entry found  (L2 offset: {l2_offset:#x}, L2 index: {l2_index - count - 1:#x})",
             )
             raise BlockError(errno.EIO)
         run = min((count + sc_index) << self.subcluster_bits, needed)
         return HostRun(stype, run - in_cluster, host)
 
-    def _count_contiguous(self, nb_clusters: int, sc_index: int, table: Table, l2_index: int) -> int:
+    def _count_contiguous(
+        self, nb_clusters: int, sc_index: int, table: Table, l2_index: int
+    ) -> int:
         count = 0
         expected_type = SC_NORMAL
         expected_offset = 0
@@ -422,7 +442,9 @@ class ClusterMap:
         return count
 
     # -- allocation for writes -----------------------------------------------------------------
-    async def handle_dependencies(self, guest_offset: int, nbytes: int, have_meta: bool) -> int | None:
+    async def handle_dependencies(
+        self, guest_offset: int, nbytes: int, have_meta: bool
+    ) -> int | None:
         """Bytes usable before an in-flight allocation; None: wait happened, start over."""
         cs = self.cluster_size
         for old in list(self.in_flight):
@@ -444,7 +466,9 @@ class ClusterMap:
                 return None
         return nbytes
 
-    def _count_single_write_clusters(self, nb_clusters: int, table: Table, l2_index: int, new_alloc: bool) -> int:
+    def _count_single_write_clusters(
+        self, nb_clusters: int, table: Table, l2_index: int, new_alloc: bool
+    ) -> int:
         expected = self.entry(table, l2_index) & L2E_OFFSET_MASK
         i = 0
         while i < nb_clusters:
@@ -459,7 +483,13 @@ class ClusterMap:
         return i
 
     async def _calculate_l2_meta(
-        self, host_cluster: int, guest_offset: int, nbytes: int, table: Table, metas: list[L2Meta], keep_old: bool
+        self,
+        host_cluster: int,
+        guest_offset: int,
+        nbytes: int,
+        table: Table,
+        metas: list[L2Meta],
+        keep_old: bool,
     ) -> None:
         l2_index = self.l2_index(guest_offset)
         cow_start_to = self.offset_in_cluster(guest_offset)
@@ -482,7 +512,8 @@ class ClusterMap:
             if stype == SC_INVALID:
                 l2_offset = self.l1_table[self.l1_index(guest_offset)] & L1E_OFFSET_MASK
                 await self.node.signal_corruption(
-                    True, f"Invalid cluster entry found (L2 offset: {l2_offset:#x}, L2 index: {l2_index + i:#x})"
+                    True,
+                    f"Invalid cluster entry found (L2 offset: {l2_offset:#x}, L2 index: {l2_index + i:#x})",
                 )
                 raise BlockError(errno.EIO)
         if skip_cow:
@@ -517,7 +548,10 @@ class ClusterMap:
             elif stype in (SC_NORMAL, SC_ZERO_ALLOC, SC_UNALLOCATED_ALLOC):
                 cow_end_to = -(-cow_end_from // cs) * cs
                 if self.extended:
-                    cow_end_to -= min(self.subclusters - sc - 1, _clz32(bitmap & L2_BITMAP_ALL_ALLOC)) << sc_bits
+                    cow_end_to -= (
+                        min(self.subclusters - sc - 1, _clz32(bitmap & L2_BITMAP_ALL_ALLOC))
+                        << sc_bits
+                    )
             else:
                 cow_end_to = -(-cow_end_from // ss) * ss
         else:
@@ -533,7 +567,9 @@ class ClusterMap:
         metas.append(meta)
         self.in_flight.append(meta)
 
-    async def _handle_copied(self, guest_offset: int, host_offset: int | None, nbytes: int, metas: list[L2Meta]) -> tuple[int, int | None, int]:
+    async def _handle_copied(
+        self, guest_offset: int, host_offset: int | None, nbytes: int, metas: list[L2Meta]
+    ) -> tuple[int, int | None, int]:
         """(1 progress / 0 none, host offset, bytes) for clusters writable in place."""
         nb = self.size_to_clusters(self.offset_in_cluster(guest_offset) + nbytes)
         l2_index = self.l2_index(guest_offset)
@@ -546,17 +582,22 @@ class ClusterMap:
         if cluster_offset % self.cluster_size:
             kind = "Preallocated zero" if entry & OFLAG_ZERO else "Data"
             await self.node.signal_corruption(
-                True, f"{kind} cluster offset {cluster_offset:#x} unaligned (guest offset: {guest_offset:#x})"
+                True,
+                f"{kind} cluster offset {cluster_offset:#x} unaligned (guest offset: {guest_offset:#x})",
             )
             raise BlockError(errno.EIO)
-        if host_offset is not None and cluster_offset != host_offset - self.offset_in_cluster(host_offset):
+        if host_offset is not None and cluster_offset != host_offset - self.offset_in_cluster(
+            host_offset
+        ):
             return 0, host_offset, 0
         keep = self._count_single_write_clusters(nb, table, l2_index, False)
         nbytes = min(nbytes, keep * self.cluster_size - self.offset_in_cluster(guest_offset))
         await self._calculate_l2_meta(cluster_offset, guest_offset, nbytes, table, metas, True)
         return 1, cluster_offset + self.offset_in_cluster(guest_offset), nbytes
 
-    async def _handle_alloc(self, guest_offset: int, host_offset: int | None, nbytes: int, metas: list[L2Meta]) -> tuple[int, int | None, int]:
+    async def _handle_alloc(
+        self, guest_offset: int, host_offset: int | None, nbytes: int, metas: list[L2Meta]
+    ) -> tuple[int, int | None, int]:
         node = self.node
         nb = self.size_to_clusters(self.offset_in_cluster(guest_offset) + nbytes)
         l2_index = self.l2_index(guest_offset)
@@ -612,13 +653,17 @@ class ClusterMap:
                 cur = dep
                 if cur == 0:
                     break
-                progress, new_host, cur = await self._handle_copied(start, cluster_offset, cur, metas)
+                progress, new_host, cur = await self._handle_copied(
+                    start, cluster_offset, cur, metas
+                )
                 if progress:
                     cluster_offset = new_host
                     continue
                 if cur == 0:
                     break
-                progress, new_host, cur = await self._handle_alloc(start, cluster_offset, cur, metas)
+                progress, new_host, cur = await self._handle_alloc(
+                    start, cluster_offset, cur, metas
+                )
                 if progress:
                     cluster_offset = new_host
                     continue
@@ -655,7 +700,9 @@ class ClusterMap:
             if self.extended and not meta.prealloc:
                 bitmap = self.bitmap(table, l2_index + i)
                 written_from = max(meta.cow_start.offset, i << self.cluster_bits)
-                written_to = min(meta.cow_end.offset + meta.cow_end.nb_bytes, (i + 1) << self.cluster_bits)
+                written_to = min(
+                    meta.cow_end.offset + meta.cow_end.nb_bytes, (i + 1) << self.cluster_bits
+                )
                 first_sc = self.sc_index(written_from)
                 last_sc = self.sc_index(written_to - 1)
                 bitmap |= _mask32(first_sc, last_sc + 1)
@@ -667,7 +714,9 @@ class ClusterMap:
 
     async def abort_meta(self, meta: L2Meta) -> None:
         if not self.node.has_data_file and not meta.keep_old:
-            await self.node.refcounts.free_clusters(meta.alloc_offset, meta.nb_clusters << self.cluster_bits, DISCARD_NEVER)
+            await self.node.refcounts.free_clusters(
+                meta.alloc_offset, meta.nb_clusters << self.cluster_bits, DISCARD_NEVER
+            )
 
     async def free_any_cluster(self, entry: int, discard_type: int) -> None:
         node = self.node
@@ -768,7 +817,9 @@ class ClusterMap:
             self.set_bitmap(table, l2_index, bitmap)
             self.node.l2_cache.mark_dirty(table)
 
-    async def discard(self, offset: int, nbytes: int, discard_type: int, full_discard: bool) -> None:
+    async def discard(
+        self, offset: int, nbytes: int, discard_type: int, full_discard: bool
+    ) -> None:
         """qcow2_cluster_discard over whole clusters (or the last, partial one)."""
         clusters = self.size_to_clusters(nbytes)
         try:
@@ -779,7 +830,9 @@ class ClusterMap:
         finally:
             await self.node.refcounts.process_discards()
 
-    async def _discard_in_l2(self, offset: int, nb_clusters: int, discard_type: int, full_discard: bool) -> int:
+    async def _discard_in_l2(
+        self, offset: int, nb_clusters: int, discard_type: int, full_discard: bool
+    ) -> int:
         node = self.node
         table, l2_index = await self.get_cluster_table(offset)
         nb_clusters = min(nb_clusters, self.l2_entries - l2_index)

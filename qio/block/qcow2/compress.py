@@ -15,7 +15,9 @@ def compress(data: bytes, kind: int, limit: int) -> bytes | None:
     """Compressed ``data``, or None when the result would not be shorter than ``limit``."""
     if kind == COMPRESSION_ZLIB:
         # QEMU: deflateInit2(Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY)
-        engine = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9, zlib.Z_DEFAULT_STRATEGY)
+        engine = zlib.compressobj(
+            zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9, zlib.Z_DEFAULT_STRATEGY
+        )
         out = engine.compress(data) + engine.flush(zlib.Z_FINISH)
     elif kind == COMPRESSION_ZSTD:
         import zstandard

@@ -64,6 +64,7 @@ MIN_REFCOUNT_CACHE_TABLES = 4
 MAX_SNAPSHOTS = 65536
 SNAPSHOT_HEADER = struct.Struct(">QIHHIIQII")
 PREALLOC_MODES = ("off", "metadata", "falloc", "full")
+COMPRESS_WORKERS = 8  # QCOW2_MAX_WORKERS: compressed clusters written in parallel
 
 
 def _unsupported_features(h: Header, mask: int) -> str:
@@ -78,7 +79,9 @@ def _unsupported_features(h: Header, mask: int) -> str:
     return ", ".join(names)
 
 
-def _validate_table(offset: int, entries: int, entry_len: int, max_bytes: int, cluster_size: int, name: str) -> None:
+def _validate_table(
+    offset: int, entries: int, entry_len: int, max_bytes: int, cluster_size: int, name: str
+) -> None:
     if entries > max_bytes // entry_len:
         raise OpenError(f"{name} too large", errno.EFBIG)
     if (1 << 63) - 1 - entries * entry_len < offset or offset % cluster_size:
@@ -117,13 +120,33 @@ class Qcow2Node(BlockNode):
         tables_needed = -(-guest_clusters // h.l2_entries) + 2
         l2_tables = max(4, min(self._l2_cache_bytes // self.cluster_size, tables_needed))
         self.l2_cache = TableCache(self, "l2", l2_tables)
-        self.refblock_cache = TableCache(self, "refblock", max(MIN_REFCOUNT_CACHE_TABLES, self._refcount_cache_bytes // self.cluster_size))
+        self.refblock_cache = TableCache(
+            self,
+            "refblock",
+            max(MIN_REFCOUNT_CACHE_TABLES, self._refcount_cache_bytes // self.cluster_size),
+        )
         # Tables.
-        _validate_table(h.refcount_table_offset, h.refcount_table_clusters << (h.cluster_bits - 3), 8, MAX_REFTABLE_BYTES, self.cluster_size, "Reference count table")
+        _validate_table(
+            h.refcount_table_offset,
+            h.refcount_table_clusters << (h.cluster_bits - 3),
+            8,
+            MAX_REFTABLE_BYTES,
+            self.cluster_size,
+            "Reference count table",
+        )
         if h.refcount_table_clusters == 0:
             raise OpenError("Image does not contain a reference count table")
-        _validate_table(h.snapshots_offset, h.nb_snapshots, SNAPSHOT_HEADER.size, SNAPSHOT_HEADER.size * MAX_SNAPSHOTS, self.cluster_size, "Snapshot table")
-        _validate_table(h.l1_table_offset, h.l1_size, 8, MAX_L1_BYTES, self.cluster_size, "Active L1 table")
+        _validate_table(
+            h.snapshots_offset,
+            h.nb_snapshots,
+            SNAPSHOT_HEADER.size,
+            SNAPSHOT_HEADER.size * MAX_SNAPSHOTS,
+            self.cluster_size,
+            "Snapshot table",
+        )
+        _validate_table(
+            h.l1_table_offset, h.l1_size, 8, MAX_L1_BYTES, self.cluster_size, "Active L1 table"
+        )
         per_l1 = h.l2_entries * self.cluster_size
         self.l1_vm_state_index = -(-h.size // per_l1)
         if h.l1_size < self.l1_vm_state_index:
@@ -162,13 +185,21 @@ class Qcow2Node(BlockNode):
             raise OpenError(exc.message, exc.errno) from None
         if h.compression_type not in (COMPRESSION_ZLIB, COMPRESSION_ZSTD):
             raise OpenError(f"qcow2: unknown compression type: {h.compression_type}", errno.ENOTSUP)
-        if h.compression_type == COMPRESSION_ZLIB and h.incompatible_features & INCOMPAT_COMPRESSION:
+        if (
+            h.compression_type == COMPRESSION_ZLIB
+            and h.incompatible_features & INCOMPAT_COMPRESSION
+        ):
             raise OpenError("qcow2: Compression type incompatible feature bit must not be set")
-        if h.compression_type != COMPRESSION_ZLIB and not h.incompatible_features & INCOMPAT_COMPRESSION:
+        if (
+            h.compression_type != COMPRESSION_ZLIB
+            and not h.incompatible_features & INCOMPAT_COMPRESSION
+        ):
             raise OpenError("qcow2: Compression type incompatible feature bit must be set")
         unknown = h.incompatible_features & ~INCOMPAT_KNOWN
         if unknown:
-            raise OpenError(f"Unsupported qcow2 feature(s): {_unsupported_features(h, unknown)}", errno.ENOTSUP)
+            raise OpenError(
+                f"Unsupported qcow2 feature(s): {_unsupported_features(h, unknown)}", errno.ENOTSUP
+            )
         if h.incompatible_features & INCOMPAT_CORRUPT and self.flags.read_write:
             raise OpenError("qcow2: Image is corrupt; cannot be opened read/write", errno.EACCES)
         if h.extended_l2 and h.cluster_bits - 5 < 9:
@@ -183,7 +214,9 @@ class Qcow2Node(BlockNode):
         h = self.header
         lazy = options.pop_bool("lazy-refcounts", h.lazy_refcounts)
         if lazy and h.version < 3:
-            raise OpenError("Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level")
+            raise OpenError(
+                "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level"
+            )
         self.lazy_refcounts_option = lazy
         self._pass_discard_request = options.pop_bool("pass-discard-request", True)
         options.pop("pass-discard-snapshot")
@@ -191,7 +224,9 @@ class Qcow2Node(BlockNode):
         options.pop("discard-no-unref")
         overlap = options.pop_str("overlap-check")
         if overlap is not None and overlap not in ("none", "constant", "cached", "all"):
-            raise OpenError(f"Unsupported value '{overlap}' for qcow2 option 'overlap-check'. Allowed are any of the following: none, constant, cached, all")
+            raise OpenError(
+                f"Unsupported value '{overlap}' for qcow2 option 'overlap-check'. Allowed are any of the following: none, constant, cached, all"
+            )
         self.overlap_checks = overlap != "none"
         for key in list(options):
             if key.startswith("overlap-check."):
@@ -199,25 +234,45 @@ class Qcow2Node(BlockNode):
         options.pop("cache-clean-interval")
         cache_size = options.pop_size("cache-size", -1) if "cache-size" in options else None
         l2_size = options.pop_size("l2-cache-size", -1) if "l2-cache-size" in options else None
-        ref_size = options.pop_size("refcount-cache-size", -1) if "refcount-cache-size" in options else None
-        entry = options.pop_size("l2-cache-entry-size", h.cluster_size) if "l2-cache-entry-size" in options else h.cluster_size
+        ref_size = (
+            options.pop_size("refcount-cache-size", -1)
+            if "refcount-cache-size" in options
+            else None
+        )
+        entry = (
+            options.pop_size("l2-cache-entry-size", h.cluster_size)
+            if "l2-cache-entry-size" in options
+            else h.cluster_size
+        )
         if entry < 512 or entry > h.cluster_size or entry & (entry - 1):
-            raise OpenError(f"L2 cache entry size must be a power of two between 512 and the cluster size ({h.cluster_size})")
+            raise OpenError(
+                f"L2 cache entry size must be a power of two between 512 and the cluster size ({h.cluster_size})"
+            )
         if cache_size is not None and l2_size is not None and ref_size is not None:
-            raise OpenError("cache-size, l2-cache-size and refcount-cache-size may not be set at the same time")
+            raise OpenError(
+                "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time"
+            )
         self._l2_cache_bytes = l2_size if l2_size is not None else DEFAULT_L2_CACHE_BYTES
         if cache_size is not None and l2_size is None:
-            self._l2_cache_bytes = max(h.cluster_size * 2, cache_size - (ref_size or 4 * h.cluster_size))
-        self._refcount_cache_bytes = ref_size if ref_size is not None else MIN_REFCOUNT_CACHE_TABLES * h.cluster_size
+            self._l2_cache_bytes = max(
+                h.cluster_size * 2, cache_size - (ref_size or 4 * h.cluster_size)
+            )
+        self._refcount_cache_bytes = (
+            ref_size if ref_size is not None else MIN_REFCOUNT_CACHE_TABLES * h.cluster_size
+        )
         for key in ("encrypt.key-secret", "encrypt.format"):
             options.pop(key)
 
     async def _open_data_file(self, options: Options) -> None:
         h = self.header
-        child = await open_child(self.context, None, options, "data-file", self.flags, allow_none=True)
+        child = await open_child(
+            self.context, None, options, "data-file", self.flags, allow_none=True
+        )
         if h.has_data_file:
             if child is None and h.data_file:
-                child = await open_child(self.context, h.data_file, Options(), "data-file", self.flags, allow_none=False)
+                child = await open_child(
+                    self.context, h.data_file, Options(), "data-file", self.flags, allow_none=False
+                )
             if child is None:
                 raise OpenError("'data-file' is required for this image")
             self.attach("data-file", child)
@@ -240,7 +295,9 @@ class Qcow2Node(BlockNode):
         for _ in range(h.nb_snapshots):
             raw = bytearray(SNAPSHOT_HEADER.size)
             await self.image_file.preadv(offset, memoryview(raw))
-            l1_offset, l1_size, id_len, name_len, _s, _ns, _clock, _vm, extra = SNAPSHOT_HEADER.unpack(raw)
+            l1_offset, l1_size, id_len, name_len, _s, _ns, _clock, _vm, extra = (
+                SNAPSHOT_HEADER.unpack(raw)
+            )
             result.append((l1_offset, l1_size))
             offset += SNAPSHOT_HEADER.size + extra + id_len + name_len
             offset = -(-offset // 8) * 8
@@ -251,7 +308,9 @@ class Qcow2Node(BlockNode):
         try:
             from qio.block.qcow2.check import repair_dirty_image
         except ImportError:
-            raise OpenError("Could not repair dirty image: qcow2 repair is not available", errno.EIO) from None
+            raise OpenError(
+                "Could not repair dirty image: qcow2 repair is not available", errno.EIO
+            ) from None
         await repair_dirty_image(self)
 
     # =====================================================================================
@@ -355,7 +414,11 @@ class Qcow2Node(BlockNode):
             if entry & L1E_OFFSET_MASK:
                 add(entry & L1E_OFFSET_MASK, cs, "active L2 table")
         if self.header.nb_snapshots:
-            add(self.header.snapshots_offset, getattr(self, "snapshot_table_bytes", cs), "snapshot table")
+            add(
+                self.header.snapshots_offset,
+                getattr(self, "snapshot_table_bytes", cs),
+                "snapshot table",
+            )
             for l1_offset, l1_size in self.snapshot_l1s:
                 add(l1_offset, l1_size * 8, "inactive L1 table")
         self.metadata = meta
@@ -377,11 +440,19 @@ class Qcow2Node(BlockNode):
         if not self.overlap_checks or self.has_data_file and writing == "data":
             return
         meta = self._metadata_map()
-        allowed = {"l2": "active L2 table", "refblock": "refcount block", "l1": "active L1 table"}.get(writing or "")
-        for c in range(offset >> self.cluster_bits, (offset + max(size, 1) - 1 >> self.cluster_bits) + 1):
+        allowed = {
+            "l2": "active L2 table",
+            "refblock": "refcount block",
+            "l1": "active L1 table",
+        }.get(writing or "")
+        for c in range(
+            offset >> self.cluster_bits, (offset + max(size, 1) - 1 >> self.cluster_bits) + 1
+        ):
             name = meta.get(c)
             if name is not None and name != allowed:
-                await self.signal_corruption(True, f"Preventing invalid write on metadata (overlaps with {name})")
+                await self.signal_corruption(
+                    True, f"Preventing invalid write on metadata (overlaps with {name})"
+                )
                 raise BlockError(errno.EIO)
 
     # =====================================================================================
@@ -455,7 +526,9 @@ class Qcow2Node(BlockNode):
             await self._write_task(host, offset + pos, data[pos : pos + n], metas, flags)
             pos += n
 
-    async def _write_task(self, host: int, offset: int, data: memoryview, metas: list[L2Meta], flags: ReqFlags) -> None:
+    async def _write_task(
+        self, host: int, offset: int, data: memoryview, metas: list[L2Meta], flags: ReqFlags
+    ) -> None:
         merged = self._merge_cow(offset, len(data), metas)
         try:
             if merged is None:
@@ -506,10 +579,14 @@ class Qcow2Node(BlockNode):
             tail = bytearray(end.nb_bytes)
             if head:
                 await self.fire("cow_read")
-                await self.drv_preadv(meta.guest_offset + start.offset, memoryview(head), ReqFlags.NONE)
+                await self.drv_preadv(
+                    meta.guest_offset + start.offset, memoryview(head), ReqFlags.NONE
+                )
             if tail:
                 await self.fire("cow_read")
-                await self.drv_preadv(meta.guest_offset + end.offset, memoryview(tail), ReqFlags.NONE)
+                await self.drv_preadv(
+                    meta.guest_offset + end.offset, memoryview(tail), ReqFlags.NONE
+                )
             if data is not None:
                 await self.fire("write_aio")
                 blob = memoryview(bytes(head) + bytes(data) + bytes(tail))
@@ -537,13 +614,21 @@ class Qcow2Node(BlockNode):
             tail = 0
         if head or tail:
             # A piece of one subcluster: fine only when the rest already reads as zeros.
-            if not (await self._is_zero(offset - head, head) and await self._is_zero(offset + length, tail)):
+            if not (
+                await self._is_zero(offset - head, head)
+                and await self._is_zero(offset + length, tail)
+            ):
                 raise BlockError(errno.ENOTSUP)
             await self.lock.acquire()
             try:
                 offset -= head
                 run = await self.map.get_host_offset(offset, sc)
-                if run.type not in (SC_UNALLOCATED_PLAIN, SC_UNALLOCATED_ALLOC, SC_ZERO_PLAIN, SC_ZERO_ALLOC):
+                if run.type not in (
+                    SC_UNALLOCATED_PLAIN,
+                    SC_UNALLOCATED_ALLOC,
+                    SC_ZERO_PLAIN,
+                    SC_ZERO_ALLOC,
+                ):
                     raise BlockError(errno.ENOTSUP)
                 await self.map.zeroize(offset, sc, bool(flags & ReqFlags.MAY_UNMAP))
             finally:
@@ -572,7 +657,12 @@ class Qcow2Node(BlockNode):
         node: BlockNode | None = self
         while node is not None:
             status = await node.block_status(offset, length, want_zero=True)
-            if status.allocated or status.length == 0 or not node.supports_backing or node.backing is None:
+            if (
+                status.allocated
+                or status.length == 0
+                or not node.supports_backing
+                or node.backing is None
+            ):
                 return status
             length = status.length
             node = node.backing
@@ -602,11 +692,20 @@ class Qcow2Node(BlockNode):
             raise BlockError(errno.EINVAL)
         if length % cs and offset + length != self.getlength():
             raise BlockError(errno.EINVAL)
-        pos = 0
-        while pos < length:
-            chunk = bytes(data[pos : pos + cs])
-            await self._write_compressed_cluster(offset + pos, chunk)
-            pos += cs
+        # QEMU compresses clusters in parallel tasks (up to 8 in flight): a cluster that fails
+        # does not stop the ones already submitted, only those that would start later.
+        first_error: BlockError | None = None
+        failed_at = -1
+        for index, pos in enumerate(range(0, length, cs)):
+            if first_error is not None and index >= failed_at + COMPRESS_WORKERS:
+                break
+            try:
+                await self._write_compressed_cluster(offset + pos, bytes(data[pos : pos + cs]))
+            except BlockError as exc:
+                if first_error is None:
+                    first_error, failed_at = exc, index
+        if first_error is not None:
+            raise first_error
 
     async def _write_compressed_cluster(self, offset: int, chunk: bytes) -> None:
         cs = self.cluster_size
@@ -665,22 +764,30 @@ class Qcow2Node(BlockNode):
                     if old_length > start:
                         await self.map.discard(start, old_length - start, DISCARD_ALWAYS, True)
                 except BlockError as exc:
-                    raise OpenError(f"Failed to discard cropped clusters: {exc.strerror}", exc.errno) from None
+                    raise OpenError(
+                        f"Failed to discard cropped clusters: {exc.strerror}", exc.errno
+                    ) from None
                 try:
                     await self.map.shrink_l1_table(new_l1)
                 except BlockError as exc:
-                    raise OpenError(f"Failed to reduce the number of L2 tables: {exc.strerror}", exc.errno) from None
+                    raise OpenError(
+                        f"Failed to reduce the number of L2 tables: {exc.strerror}", exc.errno
+                    ) from None
             else:
                 try:
                     await self.map.grow_l1_table(new_l1, True)
                 except BlockError as exc:
-                    raise OpenError(f"Failed to grow the L1 table: {exc.strerror}", exc.errno) from None
+                    raise OpenError(
+                        f"Failed to grow the L1 table: {exc.strerror}", exc.errno
+                    ) from None
             if prealloc == "off" and self.has_data_file and self.data_file is not self.file:
                 await self.data_file.truncate(length, exact, "off")
             try:
                 await self.write_sync(24, struct.pack(">Q", length))
             except BlockError as exc:
-                raise OpenError(f"Failed to update the image size: {exc.strerror}", exc.errno) from None
+                raise OpenError(
+                    f"Failed to update the image size: {exc.strerror}", exc.errno
+                ) from None
             h.size = length
             self.l1_vm_state_index = new_l1
         finally:
@@ -708,18 +815,25 @@ class Qcow2Node(BlockNode):
             last_host_end = host + n
             pos += n
         if self.data_file.getlength() < last_host_end:
-            await self.data_file.truncate(last_host_end, False, "off" if mode == "metadata" else mode)
+            await self.data_file.truncate(
+                last_host_end, False, "off" if mode == "metadata" else mode
+            )
         await self.flush()
 
     async def drv_close(self) -> None:
-        if not self.flags.read_write or self.context.offline:
-            return
+        if not self.flags.read_write or self.context.offline or not hasattr(self, "refblock_cache"):
+            return  # read-only, taken offline, or the open failed before caches existed
         errors: list[str] = []
-        for cache, label in ((self.l2_cache, "L2 table cache"), (self.refblock_cache, "refcount block cache")):
+        for cache, label in (
+            (self.l2_cache, "L2 table cache"),
+            (self.refblock_cache, "refcount block cache"),
+        ):
             try:
                 await cache.flush()
             except BlockError as exc:
-                errors.append(f"{self.context.program}: Failed to flush the {label}: {exc.strerror}\n")
+                errors.append(
+                    f"{self.context.program}: Failed to flush the {label}: {exc.strerror}\n"
+                )
         for text in errors:
             self.context.err(text)
         if not errors:
@@ -732,17 +846,35 @@ class Qcow2Node(BlockNode):
         if "lazy-refcounts" in options:
             lazy = options.pop_bool("lazy-refcounts", self.lazy_refcounts_option)
             if lazy and self.header.version < 3:
-                raise OpenError("Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level")
-            if not lazy and self.lazy_refcounts_option and self.header.incompatible_features & INCOMPAT_DIRTY:
+                raise OpenError(
+                    "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level"
+                )
+            if (
+                not lazy
+                and self.lazy_refcounts_option
+                and self.header.incompatible_features & INCOMPAT_DIRTY
+            ):
                 await self.flush_caches()
                 await self.mark_clean()
             self.lazy_refcounts_option = lazy
-        for key in ("pass-discard-request", "pass-discard-snapshot", "pass-discard-other", "overlap-check",
-                    "cache-size", "l2-cache-size", "refcount-cache-size", "cache-clean-interval"):
+        for key in (
+            "pass-discard-request",
+            "pass-discard-snapshot",
+            "pass-discard-other",
+            "overlap-check",
+            "cache-size",
+            "l2-cache-size",
+            "refcount-cache-size",
+            "cache-clean-interval",
+        ):
             if key in options:
                 value = options.pop(key)
                 if key == "pass-discard-request":
-                    self.refcounts.discard_passthrough[DISCARD_REQUEST] = str(value) in ("on", "true", "True")
+                    self.refcounts.discard_passthrough[DISCARD_REQUEST] = str(value) in (
+                        "on",
+                        "true",
+                        "True",
+                    )
         if self.header.incompatible_features & INCOMPAT_CORRUPT and read_write:
             raise OpenError("qcow2: Image is corrupt; cannot be opened read/write", errno.EACCES)
         if not read_write and self.flags.read_write:
@@ -752,7 +884,9 @@ class Qcow2Node(BlockNode):
     # =====================================================================================
     # Status and information
     # =====================================================================================
-    async def drv_block_status(self, offset: int, length: int, want_zero: bool) -> BlockStatus | None:
+    async def drv_block_status(
+        self, offset: int, length: int, want_zero: bool
+    ) -> BlockStatus | None:
         await self.lock.acquire()
         try:
             run = await self.map.get_host_offset(offset, min(length, (1 << 31) - 1))
@@ -772,16 +906,26 @@ class Qcow2Node(BlockNode):
         return status
 
     def drv_get_info(self) -> DriverInfo | None:
-        return DriverInfo(self.cluster_size, vm_state_offset(self.header), bool(self.header.incompatible_features & INCOMPAT_DIRTY))
+        return DriverInfo(
+            self.cluster_size,
+            vm_state_offset(self.header),
+            bool(self.header.incompatible_features & INCOMPAT_DIRTY),
+        )
 
     def specific_info(self) -> SpecificInfo | None:
         h = self.header
         fields: list[tuple[str, Any]] = []
         if h.version == 2:
-            fields = [("compat", "0.10"), ("compression-type", "zlib"), ("refcount-bits", h.refcount_bits)]
+            fields = [
+                ("compat", "0.10"),
+                ("compression-type", "zlib"),
+                ("refcount-bits", h.refcount_bits),
+            ]
             return SpecificInfo("qcow2", fields)
         fields.append(("compat", "1.1"))
-        fields.append(("compression-type", COMPRESSION_NAMES.get(h.compression_type, str(h.compression_type))))
+        fields.append(
+            ("compression-type", COMPRESSION_NAMES.get(h.compression_type, str(h.compression_type)))
+        )
         fields.append(("lazy-refcounts", h.lazy_refcounts))
         fields.append(("refcount-bits", h.refcount_bits))
         if h.has_data_file:

@@ -39,7 +39,9 @@ INCOMPAT_CORRUPT = 1 << 1
 INCOMPAT_DATA_FILE = 1 << 2
 INCOMPAT_COMPRESSION = 1 << 3
 INCOMPAT_EXTL2 = 1 << 4
-INCOMPAT_KNOWN = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2
+INCOMPAT_KNOWN = (
+    INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2
+)
 COMPAT_LAZY_REFCOUNTS = 1 << 0
 AUTOCLEAR_BITMAPS = 1 << 0
 AUTOCLEAR_DATA_FILE_RAW = 1 << 1
@@ -231,10 +233,15 @@ def parse_header(buf: bytes) -> Header:
         raise LayoutError("Reference count entry width too large; may not exceed 64 bits")
     _parse_extensions(h, buf)
     if h.backing_file_offset:
-        if h.backing_file_size > MAX_BACKING_NAME or h.backing_file_size >= h.cluster_size - h.backing_file_offset:
+        if (
+            h.backing_file_size > MAX_BACKING_NAME
+            or h.backing_file_size >= h.cluster_size - h.backing_file_offset
+        ):
             raise LayoutError("Backing file name too long")
         start = h.backing_file_offset
-        h.backing_file = bytes(buf[start : start + h.backing_file_size]).decode("utf-8", "surrogateescape")
+        h.backing_file = bytes(buf[start : start + h.backing_file_size]).decode(
+            "utf-8", "surrogateescape"
+        )
     return h
 
 
@@ -337,7 +344,9 @@ def serialize_header(h: Header) -> bytes:
         head[V3_HEADER_LENGTH + 1 : V3_HEADER_LENGTH + 1 + len(extra)] = extra
     blob = bytes(head) + bytes(exts) + backing
     if len(blob) > h.cluster_size:
-        raise LayoutError("Cannot update the image header: it does not fit in the first cluster", 28)
+        raise LayoutError(
+            "Cannot update the image header: it does not fit in the first cluster", 28
+        )
     h.header_length = header_length
     h.backing_file_offset = backing_offset
     h.backing_file_size = len(backing)

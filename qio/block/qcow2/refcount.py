@@ -44,7 +44,9 @@ class Retry(Exception):
     """New refcount metadata may have landed where the caller meant to allocate: search again."""
 
 
-def refcount_metadata_clusters(clusters: int, cluster_size: int, order: int, generous: bool) -> tuple[int, int]:
+def refcount_metadata_clusters(
+    clusters: int, cluster_size: int, order: int, generous: bool
+) -> tuple[int, int]:
     """(refcount blocks, refcount table clusters) needed to describe ``clusters`` clusters,
     themselves included (QEMU's qcow2_refcount_metadata_size fixed point)."""
     per_table_cluster = cluster_size // 8
@@ -191,9 +193,13 @@ class Refcounts:
         free_in_cluster = cs - offset % cs
         while True:
             if not offset or free_in_cluster < size:
-                new_cluster = await self.alloc_clusters_noref(cs, min(node.compressed.offset_mask, MAX_CLUSTER_OFFSET))
+                new_cluster = await self.alloc_clusters_noref(
+                    cs, min(node.compressed.offset_mask, MAX_CLUSTER_OFFSET)
+                )
                 if new_cluster == 0:
-                    await node.signal_corruption(True, "Preventing invalid allocation of compressed cluster at offset 0")
+                    await node.signal_corruption(
+                        True, "Preventing invalid allocation of compressed cluster at offset 0"
+                    )
                     raise BlockError(errno.EIO)
                 if not offset or -(-offset // cs) * cs != new_cluster:
                     offset = new_cluster
@@ -224,7 +230,9 @@ class Refcounts:
             self.node.context.err(f"qcow2_free_clusters failed: {exc.strerror}\n")
 
     # -- update ------------------------------------------------------------------------------
-    async def update(self, offset: int, length: int, addend: int, decrease: bool, discard_type: int) -> None:
+    async def update(
+        self, offset: int, length: int, addend: int, decrease: bool, discard_type: int
+    ) -> None:
         """update_refcount: add (or subtract) ``addend`` for every cluster of the range."""
         if length <= 0:
             return
@@ -313,7 +321,9 @@ class Refcounts:
         await node.l2_cache.flush()
         new_block = await self.alloc_clusters_noref(cs, (1 << 63) - 1)
         if new_block == 0:
-            await node.signal_corruption(True, "Preventing invalid allocation of refcount block at offset 0")
+            await node.signal_corruption(
+                True, "Preventing invalid allocation of refcount block at offset 0"
+            )
             raise BlockError(errno.EIO)
         new_index = new_block >> node.cluster_bits
         if new_index >> self.block_bits == table_index:

@@ -11,10 +11,10 @@ with thousands of commands.
 from __future__ import annotations
 
 import itertools
-import zlib
 import os
 import random
 import shutil
+import zlib
 
 import pytest
 

@@ -223,21 +223,17 @@ def run_workload(
         if problems:
             return problems
     qimg = os.path.join(sides["qio"], "t.qcow2")
+    oracle = os.path.join(sides["qemu"], "t.qcow2")
+    oracle_check = subprocess.run(["qemu-img", "check", "-f", "qcow2", oracle], capture_output=True)
+    # QEMU 7.2 can pack compressed data into a freed-and-reused data cluster, corrupting its
+    # own image and the guest data there; qio does not, so contents may then differ.
+    oracle_sound = oracle_check.returncode == 0
     cmp = subprocess.run(
-        [
-            "qemu-img",
-            "compare",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            os.path.join(sides["qemu"], "t.qcow2"),
-            qimg,
-        ],
+        ["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", oracle, qimg],
         capture_output=True,
         text=True,
     )
-    if cmp.returncode != 0:
+    if cmp.returncode != 0 and oracle_sound:
         problems.append(f"qemu-img compare: {cmp.stdout.strip()} {cmp.stderr.strip()}")
     chk = subprocess.run(["qemu-img", "check", "-f", "qcow2", qimg], capture_output=True, text=True)
     if chk.returncode != 0:

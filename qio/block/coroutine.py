@@ -1,20 +1,27 @@
-"""A tiny coroutine scheduler for block requests.
+"""A tiny coroutine scheduler for block requests: a discrete-event model of QEMU's event loop.
 
 Every driver method is an ``async def``.  A request that never waits completes on its first
 ``send(None)``, so the ordinary synchronous path costs a generator step and nothing more.  A
 request can suspend on a ``Future``: a blkdebug breakpoint parks it until ``resume``, a qcow2
-request waits for a lock another request holds.  asyncio is deliberately not used: we need to
-decide exactly when a suspended request runs again, the way QEMU re-enters a coroutine.
+request waits for a lock another request holds or for an allocation in flight.  asyncio is
+deliberately not used: we decide exactly when a suspended request runs again, the way QEMU
+re-enters a coroutine.
 
-Completion order of asynchronous requests (``aio_read``/``aio_write``) is observable in
-qemu-io's output, so the scheduler keeps a *virtual clock*.  Drivers charge each host I/O to the
-running task (``charge``); an asynchronous request completes at its start time plus what it was
-charged, and its completion callback runs only when someone polls past that time: a later
-synchronous request that had to wait for I/O, ``aio_flush``, ``sleep``, or the end of the
-program.  A request that completed without any I/O is reported from a last-in-first-out list of
-"bottom halves" at the next poll, as QEMU's one-shot BHs are.  With a flush (fdatasync) costing
-far more than a read, this reproduces what qemu-io prints in practice, e.g. a writethrough
-``aio_write`` finishing after a later ``aio_read``.
+What asynchronous requests (``aio_read``/``aio_write``) print, and in which order, depends on
+how they interleave, so the scheduler keeps a *virtual clock*.  In QEMU every host I/O of the
+file driver goes to a thread pool and the request coroutine yields until it completes.  Here a
+driver performs the I/O immediately and then calls ``await scheduler.io(cost)``:
+
+* while asynchronous requests are alive, that suspends the request until the virtual clock
+  reaches now + cost, and other requests run meanwhile (earliest completion first) — so an
+  ``aio_read`` issued behind an ``aio_write`` still in flight sees what QEMU's would see;
+* otherwise (plain synchronous commands, the common case) nothing suspends: the cost is only
+  added up, and costs nothing but an addition.
+
+A request that completed without ever suspending is reported from a last-in-first-out list of
+"bottom halves" at the next poll, as QEMU's one-shot BHs are; one that suspended is reported
+the moment it completes.  With a flush (fdatasync) costing far more than a read, this
+reproduces what qemu-io prints in practice.
 """
 
 from __future__ import annotations
@@ -55,24 +62,14 @@ class Future:
             task.scheduler.make_ready(task)
 
 
+_DONE = Future()
+_DONE.done = True
+
+
 class Task:
-    """One request in flight: a coroutine plus what it has cost so far."""
+    """One request in flight."""
 
-    __slots__ = (
-        "coro",
-        "scheduler",
-        "on_done",
-        "clock",
-        "charged",
-        "done",
-        "result",
-        "error",
-        "waiting_on",
-        "name",
-        "seq",
-    )
-
-    _ids = itertools.count()
+    __slots__ = ("coro", "scheduler", "on_done", "clock", "charged", "suspended", "done", "result", "error", "waiting_on", "name", "is_aio")
 
     def __init__(
         self,
@@ -80,24 +77,25 @@ class Task:
         scheduler: Scheduler,
         on_done: Callable[[Task], None] | None,
         name: str = "",
+        is_aio: bool = False,
     ) -> None:
         self.coro = coro
         self.scheduler = scheduler
         self.on_done = on_done
-        self.clock = scheduler.now
-        self.charged = False
+        self.clock = scheduler.now  # this request's own clock on the synchronous path
+        self.charged = False  # did host I/O (so qemu-io would have polled the event loop)
+        self.suspended = False  # ever yielded to the scheduler
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
         self.waiting_on: Future | None = None
         self.name = name
-        self.seq = next(Task._ids)
+        self.is_aio = is_aio
 
     def step(self) -> None:
         sched = self.scheduler
         outer = sched.current
         sched.current = self
-        self.clock = max(self.clock, sched.now)
         try:
             future = self.coro.send(None)
         except StopIteration as stop:
@@ -109,6 +107,7 @@ class Task:
             self.done = True
             self.error = exc
         else:
+            self.suspended = True
             self.waiting_on = future
             future.waiters.append(self)
         finally:
@@ -135,18 +134,34 @@ class Scheduler:
         self.now = 0.0
         self.current: Task | None = None
         self._ready: deque[Task] = deque()
-        self._bottom_halves: list[Task] = []  # completed without I/O; run LIFO
-        self._completions: list[tuple[float, int, Task]] = []  # heap by virtual time
-        self.in_flight: set[Task] = set()
+        self._bottom_halves: list[Task] = []  # completed without suspending; run LIFO
+        self._timers: list[tuple[float, int, Future]] = []  # host I/O completions
+        self._seq = itertools.count()
+        self.in_flight: set[Task] = set()  # asynchronous requests not yet reported
+        self._aio_alive = 0  # asynchronous requests still running
 
-    # -- accounting -------------------------------------------------------------------
+    # -- host I/O ----------------------------------------------------------------------------
+    def io(self, cost: float) -> Future:
+        """Account for a host I/O the caller just did; await the result."""
+        task = self.current
+        if task is None:
+            return _DONE
+        task.charged = True
+        if task.is_aio or self._aio_alive:
+            fut = Future()
+            heapq.heappush(self._timers, (self.now + cost, next(self._seq), fut))
+            return fut
+        task.clock += cost
+        return _DONE
+
     def charge(self, cost: float) -> None:
+        """For callers that cannot suspend: count the cost only."""
         task = self.current
         if task is not None:
-            task.clock += cost
             task.charged = True
+            task.clock += cost
 
-    # -- running ----------------------------------------------------------------------
+    # -- running ---------------------------------------------------------------------------
     def make_ready(self, task: Task) -> None:
         task.waiting_on = None
         self._ready.append(task)
@@ -155,37 +170,64 @@ class Scheduler:
         while self._ready:
             self._ready.popleft().step()
 
+    def _run_bottom_halves(self) -> None:
+        batch, self._bottom_halves = self._bottom_halves, []
+        while batch:
+            self._complete(batch.pop())
+
+    def _step_loop(self) -> bool:
+        """One round of the event loop; False when nothing at all can progress."""
+        if self._ready:
+            self.run_ready()
+            return True
+        if self._bottom_halves:
+            self._run_bottom_halves()
+            return True
+        if self._timers:
+            when, _, fut = heapq.heappop(self._timers)
+            self.now = max(self.now, when)
+            fut.set_result()
+            return True
+        return False
+
+    def run_until(self, condition: Callable[[], bool]) -> bool:
+        """Run the event loop until ``condition()`` holds; False if it never can."""
+        while not condition():
+            if not self._step_loop():
+                return False
+        return True
+
     def run_sync(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run a request to completion, like a qemu-io synchronous command."""
         task = Task(coro, self, None, "sync")
         task.step()
         if not task.done:
-            self.run_ready()
-            if not task.done:
+            if not self.run_until(lambda: task.done):
                 task.coro.close()
                 raise Deadlock()
-        if task.charged:
-            # The request had to wait for I/O: the event loop ran meanwhile.
+        elif task.charged:
+            # The request waited for host I/O: qemu-io's event loop ran meanwhile.
             self.now = max(self.now, task.clock)
             self.poll()
         if task.error is not None:
             raise task.error
         return task.result
 
-    def spawn(
-        self, coro: Coroutine[Any, Any, Any], on_done: Callable[[Task], None], name: str = ""
-    ) -> Task:
+    def spawn(self, coro: Coroutine[Any, Any, Any], on_done: Callable[[Task], None], name: str = "") -> Task:
         """Start an asynchronous request; ``on_done`` runs when it is reported complete."""
-        task = Task(coro, self, on_done, name)
+        task = Task(coro, self, on_done, name, is_aio=True)
         self.in_flight.add(task)
+        self._aio_alive += 1
         task.step()
         return task
 
     def task_finished(self, task: Task) -> None:
+        if task.is_aio:
+            self._aio_alive -= 1
         if task.on_done is None:
             return
-        if task.charged:
-            heapq.heappush(self._completions, (task.clock, task.seq, task))
+        if task.suspended:
+            self._complete(task)
         else:
             self._bottom_halves.append(task)
 
@@ -195,28 +237,33 @@ class Scheduler:
         task.on_done(task)
 
     def poll(self) -> None:
-        """Report every request that has completed by the current virtual time."""
+        """What a non-blocking event-loop iteration reports: ready work and bottom halves."""
         self.run_ready()
-        while self._bottom_halves:
-            self._complete(self._bottom_halves.pop())
-        while self._completions and self._completions[0][0] <= self.now:
-            self._complete(heapq.heappop(self._completions)[2])
+        self._run_bottom_halves()
 
     def advance(self, microseconds: float) -> None:
-        self.now += microseconds
-        self.poll()
+        """Let virtual time pass (``sleep``): everything due by then completes."""
+        target = self.now + microseconds
+        while True:
+            self.run_ready()
+            self._run_bottom_halves()
+            if self._timers and self._timers[0][0] <= target:
+                when, _, fut = heapq.heappop(self._timers)
+                self.now = max(self.now, when)
+                fut.set_result()
+                continue
+            if not self._ready and not self._bottom_halves:
+                break
+        self.now = max(self.now, target)
 
     def drain(self) -> bool:
         """Complete everything that can complete (``aio_flush``, close, exit).
 
         Returns False when requests remain suspended (at breakpoints) forever.
         """
-        self.run_ready()
-        while self._bottom_halves or self._completions:
-            if self._completions:
-                self.now = max(self.now, max(t for t, _, _ in self._completions))
-            self.poll()
-        return not any(not t.done for t in self.in_flight)
+        while self._step_loop():
+            pass
+        return not self.suspended()
 
     def suspended(self) -> list[Task]:
         return [t for t in self.in_flight if not t.done]

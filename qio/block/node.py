@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from enum import IntFlag
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from qio.block.coroutine import scheduler
 from qio.errors import BlockError, OpenError
 
 if TYPE_CHECKING:
@@ -645,6 +644,3 @@ class BlockNode:
             parts.append(self.filename)
         return " ".join(parts)
 
-
-def charge_io(cost: float) -> None:
-    scheduler.charge(cost)

@@ -713,7 +713,10 @@ def aio_write_f(s: Session, argv: list[str]) -> int:
 
 @command(name="aio_flush", oneline="completes all outstanding aio requests")
 def aio_flush_f(s: Session, argv: list[str]) -> int:
-    scheduler.drain()
+    if not scheduler.drain():
+        # qemu-io would wait forever for these.
+        s.error_report("requests are suspended at blkdebug breakpoints; resume them first")
+        return -errno.EDEADLK
     return 0
 
 

@@ -140,6 +140,7 @@ class Session:
         words = [w for w in line.split(" ") if w]
         if not words:
             return 0
+        scheduler.command_started()
         cmd = table.find(words[0])
         if cmd is None:
             self.r.error(f'command "{words[0]}" not found')

@@ -26,7 +26,6 @@ reproduces what qemu-io prints in practice.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
@@ -69,7 +68,20 @@ _DONE.done = True
 class Task:
     """One request in flight."""
 
-    __slots__ = ("coro", "scheduler", "on_done", "clock", "charged", "suspended", "done", "result", "error", "waiting_on", "name", "is_aio")
+    __slots__ = (
+        "coro",
+        "scheduler",
+        "on_done",
+        "clock",
+        "charged",
+        "suspended",
+        "done",
+        "result",
+        "error",
+        "waiting_on",
+        "name",
+        "is_aio",
+    )
 
     def __init__(
         self,
@@ -129,13 +141,37 @@ class Deadlock(Exception):
     """A synchronous request is suspended and nothing left can ever resume it."""
 
 
+class _PoolRequest:
+    """A host I/O handed to the (modelled) worker-thread pool."""
+
+    __slots__ = ("seq", "done_at", "future")
+
+    def __init__(self, seq: int, done_at: float, future: Future) -> None:
+        self.seq = seq
+        self.done_at = done_at
+        self.future = future
+
+
 class Scheduler:
+    """QEMU's AioContext in miniature: ready coroutines, bottom halves, a worker pool.
+
+    Virtual time advances while the "main thread" works (``COMMAND_COST`` per command) and
+    when it blocks waiting for I/O.  A poll first runs the bottom halves, newest first, as
+    aio_bh_poll does; the worker pool's completion handler is one of them, scheduled when its
+    first request finished, and it reports the finished requests newest-submitted first (the
+    pool keeps them on a list it inserts at the head of).
+    """
+
+    COMMAND_COST = 100.0
+    SUBMIT_COST = 1.0
+
     def __init__(self) -> None:
         self.now = 0.0
         self.current: Task | None = None
         self._ready: deque[Task] = deque()
-        self._bottom_halves: list[Task] = []  # completed without suspending; run LIFO
-        self._timers: list[tuple[float, int, Future]] = []  # host I/O completions
+        self._bottom_halves: list[tuple[float, int, Task | None]] = []  # (scheduled at, seq, task)
+        self._pool: list[_PoolRequest] = []
+        self._pool_bh_scheduled = False
         self._seq = itertools.count()
         self.in_flight: set[Task] = set()  # asynchronous requests not yet reported
         self._aio_alive = 0  # asynchronous requests still running
@@ -148,10 +184,13 @@ class Scheduler:
             return _DONE
         task.charged = True
         if task.is_aio or self._aio_alive:
+            # Submitting takes the main thread a moment, so requests submitted one after
+            # the other also finish one after the other.
+            self.now += self.SUBMIT_COST
             fut = Future()
-            heapq.heappush(self._timers, (self.now + cost, next(self._seq), fut))
+            self._pool.append(_PoolRequest(next(self._seq), self.now + cost, fut))
             return fut
-        task.clock += cost
+        self.now += cost
         return _DONE
 
     def charge(self, cost: float) -> None:
@@ -159,7 +198,11 @@ class Scheduler:
         task = self.current
         if task is not None:
             task.charged = True
-            task.clock += cost
+            self.now += cost
+
+    def command_started(self) -> None:
+        """The main thread spends time on every command."""
+        self.now += self.COMMAND_COST
 
     # -- running ---------------------------------------------------------------------------
     def make_ready(self, task: Task) -> None:
@@ -170,30 +213,54 @@ class Scheduler:
         while self._ready:
             self._ready.popleft().step()
 
-    def _run_bottom_halves(self) -> None:
-        batch, self._bottom_halves = self._bottom_halves, []
-        while batch:
-            self._complete(batch.pop())
+    def _schedule_pool_bh(self) -> None:
+        if self._pool_bh_scheduled:
+            return
+        done = [r.done_at for r in self._pool if r.done_at <= self.now]
+        if done:
+            self._pool_bh_scheduled = True
+            self._bottom_halves.append((min(done), next(self._seq), None))
 
-    def _step_loop(self) -> bool:
-        """One round of the event loop; False when nothing at all can progress."""
-        if self._ready:
+    def _run_pool(self) -> None:
+        """thread_pool_completion_bh: finished requests, newest submitted first."""
+        self._pool_bh_scheduled = False
+        while True:
+            finished = [r for r in self._pool if r.done_at <= self.now]
+            if not finished:
+                return
+            request = max(finished, key=lambda r: r.seq)
+            self._pool.remove(request)
+            request.future.set_result()
             self.run_ready()
-            return True
-        if self._bottom_halves:
-            self._run_bottom_halves()
-            return True
-        if self._timers:
-            when, _, fut = heapq.heappop(self._timers)
-            self.now = max(self.now, when)
-            fut.set_result()
-            return True
-        return False
+
+    def poll(self, blocking: bool = False) -> bool:
+        """One aio_poll: True if anything happened."""
+        progress = False
+        while True:
+            if self._ready:
+                self.run_ready()
+                progress = True
+            self._schedule_pool_bh()
+            if self._bottom_halves:
+                batch = sorted(self._bottom_halves, key=lambda b: (b[0], b[1]), reverse=True)
+                self._bottom_halves = []
+                for _when, _seq, task in batch:
+                    if task is None:
+                        self._run_pool()
+                    else:
+                        self._complete(task)
+                    self.run_ready()
+                return True
+            if progress or not blocking:
+                return progress
+            if not self._pool:
+                return False
+            self.now = max(self.now, min(r.done_at for r in self._pool))
 
     def run_until(self, condition: Callable[[], bool]) -> bool:
-        """Run the event loop until ``condition()`` holds; False if it never can."""
+        """Poll (blocking) until ``condition()`` holds; False if it never can."""
         while not condition():
-            if not self._step_loop():
+            if not self.poll(blocking=True):
                 return False
         return True
 
@@ -207,13 +274,14 @@ class Scheduler:
                 raise Deadlock()
         elif task.charged:
             # The request waited for host I/O: qemu-io's event loop ran meanwhile.
-            self.now = max(self.now, task.clock)
             self.poll()
         if task.error is not None:
             raise task.error
         return task.result
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], on_done: Callable[[Task], None], name: str = "") -> Task:
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], on_done: Callable[[Task], None], name: str = ""
+    ) -> Task:
         """Start an asynchronous request; ``on_done`` runs when it is reported complete."""
         task = Task(coro, self, on_done, name, is_aio=True)
         self.in_flight.add(task)
@@ -229,39 +297,31 @@ class Scheduler:
         if task.suspended:
             self._complete(task)
         else:
-            self._bottom_halves.append(task)
+            self._bottom_halves.append((self.now, next(self._seq), task))
 
     def _complete(self, task: Task) -> None:
         self.in_flight.discard(task)
         assert task.on_done is not None
         task.on_done(task)
 
-    def poll(self) -> None:
-        """What a non-blocking event-loop iteration reports: ready work and bottom halves."""
-        self.run_ready()
-        self._run_bottom_halves()
-
     def advance(self, microseconds: float) -> None:
         """Let virtual time pass (``sleep``): everything due by then completes."""
         target = self.now + microseconds
         while True:
-            self.run_ready()
-            self._run_bottom_halves()
-            if self._timers and self._timers[0][0] <= target:
-                when, _, fut = heapq.heappop(self._timers)
-                self.now = max(self.now, when)
-                fut.set_result()
-                continue
-            if not self._ready and not self._bottom_halves:
+            self.poll()
+            due = [r.done_at for r in self._pool if r.done_at <= target]
+            if not due:
                 break
+            self.now = max(self.now, min(due))
         self.now = max(self.now, target)
+        self.poll()
 
     def drain(self) -> bool:
         """Complete everything that can complete (``aio_flush``, close, exit).
 
         Returns False when requests remain suspended (at breakpoints) forever.
         """
-        while self._step_loop():
+        while self.poll(blocking=True):
             pass
         return not self.suspended()
 

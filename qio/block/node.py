@@ -20,11 +20,13 @@ errno, ``FatalError``) or as a notice through ``self.context.notify``.
 from __future__ import annotations
 
 import errno
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntFlag
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from qio.block.coroutine import Future
 from qio.errors import BlockError, OpenError
 
 if TYPE_CHECKING:
@@ -75,6 +77,7 @@ class BlockStatus:
     offset: int | None = None  # where the bytes live in ``node``
     node: BlockNode | None = None
     raw: bool = False  # a pass-through: ask ``node`` at ``offset``
+    recurse: bool = False  # data that may be a hole in ``node``: ask it whether it reads as zeros
     eof: bool = False
     depth: int = 0
     compressed: bool = False
@@ -152,6 +155,8 @@ class BlockNode:
         self.copy_on_read = False
         self.closed = False
         self.debug_target: BlockNode | None = None  # set by the opener once the graph is built
+        self._flush_active = False
+        self._flush_waiters: deque[Future] = deque()
 
     # =====================================================================================
     # Driver hooks (override what the driver supports)
@@ -291,6 +296,11 @@ class BlockNode:
 
     def getlength(self) -> int:
         return self.total_sectors * SECTOR
+
+    def allocated_file_size(self) -> int | None:
+        """Host bytes really allocated (bdrv_get_allocated_file_size); None when unknown."""
+        child = self.file if self.protocol_name is None or self.is_filter else None
+        return child.allocated_file_size() if child is not None else None
 
     def cluster_size_for_cor(self) -> int:
         info = self.get_info()
@@ -521,6 +531,20 @@ class BlockNode:
         if self.read_only or self.closed:
             return
         current_gen = self.write_gen
+        # Flushes of one node run one at a time, in the order they were asked for.
+        while self._flush_active:
+            waiter = Future()
+            self._flush_waiters.append(waiter)
+            await waiter
+        self._flush_active = True
+        try:
+            await self._flush_locked(current_gen)
+        finally:
+            self._flush_active = False
+            if self._flush_waiters:
+                self._flush_waiters.popleft().set_result()
+
+    async def _flush_locked(self, current_gen: int) -> None:
         if await self.drv_flush():
             self.flushed_gen = current_gen
             return
@@ -604,6 +628,7 @@ class BlockNode:
                 status.zero = True
         if (
             want_zero
+            and status.recurse
             and status.data
             and not status.zero
             and status.node is not None
@@ -643,4 +668,3 @@ class BlockNode:
         if self.protocol_name is not None and self.filename:
             parts.append(self.filename)
         return " ".join(parts)
-

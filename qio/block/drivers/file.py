@@ -84,6 +84,9 @@ class FileNode(BlockNode):
         os.close(self.fd)
         self.fd = fd
 
+    def allocated_file_size(self) -> int | None:
+        return os.fstat(self.fd).st_blocks * 512
+
     def drv_getlength(self) -> int:
         if self._is_regular:
             return os.fstat(self.fd).st_size

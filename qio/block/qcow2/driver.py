@@ -105,6 +105,7 @@ class Qcow2Node(BlockNode):
         self.lock = CoMutex()
         self.signaled_corruption = False
         self.metadata: dict[int, str] | None = None
+        self.metadata_preallocation: bool | None = None
         await self._read_header(file)
         h = self.header
         self._apply_runtime_options(options)
@@ -889,6 +890,8 @@ class Qcow2Node(BlockNode):
     ) -> BlockStatus | None:
         await self.lock.acquire()
         try:
+            if self.metadata_preallocation is None:
+                self.metadata_preallocation = await self._detect_metadata_preallocation()
             run = await self.map.get_host_offset(offset, min(length, (1 << 31) - 1))
         finally:
             self.lock.release()
@@ -901,9 +904,30 @@ class Qcow2Node(BlockNode):
         elif run.type not in (SC_UNALLOCATED_PLAIN, SC_UNALLOCATED_ALLOC):
             status.data = True
         status.compressed = run.type == SC_COMPRESSED
+        if self.metadata_preallocation and status.data and status.node is not None:
+            status.recurse = True
         if self.header.data_file_raw and status.node is not None:
             status.raw = True
         return status
+
+    async def _detect_metadata_preallocation(self) -> bool:
+        """Are more clusters refcounted than the file really has allocated (preallocation=
+        metadata)?  Then data clusters may be holes that read as zeros."""
+        allocated = self.image_file.allocated_file_size()
+        if allocated is None:
+            return False
+        real_clusters = allocated // self.cluster_size
+        threshold = max(real_clusters * 10 // 9, real_clusters + 2)
+        end_cluster = -(-self.image_file.getlength() // self.cluster_size)
+        count = 0
+        for index in range(end_cluster):
+            if count >= threshold:
+                break
+            try:
+                count += 1 if await self.refcounts.get(index) else 0
+            except BlockError:
+                return False
+        return count >= threshold
 
     def drv_get_info(self) -> DriverInfo | None:
         return DriverInfo(

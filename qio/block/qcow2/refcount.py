@@ -269,7 +269,10 @@ class Refcounts:
                 refcount_set(table.raw, block_index, self.order, new)
                 if new == 0:
                     node.forget_metadata_cluster(cluster)
-                    if self.free_byte_offset and self.free_byte_offset - self.free_byte_offset % cs == cluster:
+                    if (
+                        self.free_byte_offset
+                        and self.free_byte_offset - self.free_byte_offset % cs == cluster
+                    ):
                         # QEMU 7.2 keeps packing compressed data into this cluster even after
                         # it was freed and reused for guest data (refcount 2 on a COPIED data
                         # cluster); forgetting the packing position avoids that corruption.

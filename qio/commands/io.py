@@ -333,11 +333,9 @@ class FillSource:
 
     def chunk(self, pos: int, n: int) -> memoryview:
         if self.period is None:
-            return (
-                memoryview(bytes([self.pattern]) * n)
-                if n > CHUNK
-                else memoryview(_pattern_chunk(self.pattern))[:n]
-            )
+            if n < CHUNK:
+                return memoryview(bytes([self.pattern]) * n)
+            return memoryview(_pattern_chunk(self.pattern))[:n]
         p = len(self.period)
         phase = pos % p
         reps = (phase + n) // p + 1

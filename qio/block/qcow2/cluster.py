@@ -29,6 +29,7 @@ from qio.block.qcow2.layout import (
 )
 from qio.block.qcow2.refcount import DISCARD_ALWAYS, DISCARD_NEVER, DISCARD_OTHER, DISCARD_REQUEST
 from qio.errors import BlockError
+from qio.numbers import hexc
 from qio.numbers import REQUEST_MAX_BYTES
 
 if TYPE_CHECKING:
@@ -299,7 +300,7 @@ class ClusterMap:
         l2 = self.l1_table[l1_index] & L1E_OFFSET_MASK
         if l2 % self.cluster_size:
             await self.node.signal_corruption(
-                True, f"L2 table offset {l2:#x} unaligned (L1 index: {l1_index:#x})"
+                True, f"L2 table offset {hexc(l2)} unaligned (L1 index: {hexc(l1_index)})"
             )
             raise BlockError(errno.EIO)
         return l2
@@ -371,7 +372,7 @@ class ClusterMap:
         if node.header.version < 3 and stype in (SC_ZERO_PLAIN, SC_ZERO_ALLOC):
             await node.signal_corruption(
                 True,
-                f"Zero cluster entry found in pre-v3 image (L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x})",
+                f"Zero cluster entry found in pre-v3 image (L2 offset: {hexc(l2_offset)}, L2 index: {hexc(l2_index)})",
             )
             raise BlockError(errno.EIO)
         if stype == SC_COMPRESSED:
@@ -379,7 +380,7 @@ class ClusterMap:
                 await node.signal_corruption(
                     True,
                     "Compressed cluster entry found in image with external data file "
-                    f"(L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x})",
+                    f"(L2 offset: {hexc(l2_offset)}, L2 index: {hexc(l2_index)})",
                 )
                 raise BlockError(errno.EIO)
             host = entry
@@ -389,14 +390,14 @@ class ClusterMap:
             if cluster_host % self.cluster_size:
                 await node.signal_corruption(
                     True,
-                    f"Cluster allocation offset {cluster_host:#x} unaligned (L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x})",
+                    f"Cluster allocation offset {hexc(cluster_host)} unaligned (L2 offset: {hexc(l2_offset)}, L2 index: {hexc(l2_index)})",
                 )
                 raise BlockError(errno.EIO)
             if node.has_data_file and host != offset:
                 await node.signal_corruption(
                     True,
-                    f"External data file host cluster offset {cluster_host:#x} does not match guest cluster offset: "
-                    f"{offset - in_cluster:#x}, L2 index: {l2_index:#x})",
+                    f"External data file host cluster offset {hexc(cluster_host)} does not match guest cluster offset: "
+                    f"{hexc(offset - in_cluster)}, L2 index: {hexc(l2_index)})",
                 )
                 raise BlockError(errno.EIO)
         nb_clusters = self.size_to_clusters(needed)
@@ -404,7 +405,7 @@ class ClusterMap:
         if count < 0:
             await node.signal_corruption(
                 True,
-                f"Invalid cluster entry found  (L2 offset: {l2_offset:#x}, L2 index: {l2_index - count - 1:#x})",
+                f"Invalid cluster entry found  (L2 offset: {hexc(l2_offset)}, L2 index: {hexc(l2_index - count - 1)})",
             )
             raise BlockError(errno.EIO)
         run = min((count + sc_index) << self.subcluster_bits, needed)
@@ -513,7 +514,7 @@ class ClusterMap:
                 l2_offset = self.l1_table[self.l1_index(guest_offset)] & L1E_OFFSET_MASK
                 await self.node.signal_corruption(
                     True,
-                    f"Invalid cluster entry found (L2 offset: {l2_offset:#x}, L2 index: {l2_index + i:#x})",
+                    f"Invalid cluster entry found (L2 offset: {hexc(l2_offset)}, L2 index: {hexc(l2_index + i)})",
                 )
                 raise BlockError(errno.EIO)
         if skip_cow:
@@ -583,7 +584,7 @@ class ClusterMap:
             kind = "Preallocated zero" if entry & OFLAG_ZERO else "Data"
             await self.node.signal_corruption(
                 True,
-                f"{kind} cluster offset {cluster_offset:#x} unaligned (guest offset: {guest_offset:#x})",
+                f"{kind} cluster offset {hexc(cluster_offset)} unaligned (guest offset: {hexc(guest_offset)})",
             )
             raise BlockError(errno.EIO)
         if host_offset is not None and cluster_offset != host_offset - self.offset_in_cluster(
@@ -727,7 +728,7 @@ class ClusterMap:
         elif ctype in (C_NORMAL, C_ZERO_ALLOC):
             host = entry & L2E_OFFSET_MASK
             if host % self.cluster_size:
-                await node.signal_corruption(False, f"Cannot free unaligned cluster {host:#x}")
+                await node.signal_corruption(False, f"Cannot free unaligned cluster {hexc(host)}")
             elif node.has_data_file:
                 if node.refcounts.discard_passthrough.get(discard_type):
                     await node.data_file.pdiscard(host, self.cluster_size)

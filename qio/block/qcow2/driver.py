@@ -62,6 +62,8 @@ from qio.errors import BlockError, OpenError
 DEFAULT_L2_CACHE_BYTES = 8 << 20
 MIN_REFCOUNT_CACHE_TABLES = 4
 MAX_SNAPSHOTS = 65536
+MAX_SNAPSHOT_EXTRA_DATA = 1024
+MAX_SNAPSHOTS_TABLE_BYTES = 1024 * MAX_SNAPSHOTS
 SNAPSHOT_HEADER = struct.Struct(">QIHHIIQII")
 PREALLOC_MODES = ("off", "metadata", "falloc", "full")
 COMPRESS_WORKERS = 8  # QCOW2_MAX_WORKERS: compressed clusters written in parallel
@@ -206,7 +208,7 @@ class Qcow2Node(BlockNode):
         if h.extended_l2 and h.cluster_bits - 5 < 9:
             raise OpenError(f"Unsupported subcluster size: {1 << (h.cluster_bits - 5)}")
         if h.crypt_method > CRYPT_LUKS:
-            raise OpenError(f"Unsupported encryption method: {h.crypt_method}")
+            raise OpenError(f"Unsupported encryption method {h.crypt_method}")
         if h.crypt_method != CRYPT_NONE:
             raise OpenError("Encrypted qcow2 images are not supported by qio", errno.ENOTSUP)
         self.header = h
@@ -287,21 +289,36 @@ class Qcow2Node(BlockNode):
             self.data_file = self.file
 
     async def _read_snapshot_l1s(self) -> list[tuple[int, int]]:
-        """(L1 offset, entries) of every internal snapshot (for metadata overlap checks)."""
+        """(L1 offset, entries) of every internal snapshot, validated as qcow2_read_snapshots
+        does (QEMU refuses to open an image whose snapshot table is damaged)."""
         h = self.header
         result: list[tuple[int, int]] = []
+        self.snapshot_table_bytes = 0
         if not h.nb_snapshots:
             return result
         offset = h.snapshots_offset
-        for _ in range(h.nb_snapshots):
+        for index in range(h.nb_snapshots):
+            offset = -(-offset // 8) * 8
             raw = bytearray(SNAPSHOT_HEADER.size)
-            await self.image_file.preadv(offset, memoryview(raw))
-            l1_offset, l1_size, id_len, name_len, _s, _ns, _clock, _vm, extra = (
-                SNAPSHOT_HEADER.unpack(raw)
-            )
+            try:
+                await self.image_file.preadv(offset, memoryview(raw))
+            except BlockError as exc:
+                raise OpenError(f"Failed to read snapshot table: {exc.strerror}", exc.errno) from None
+            l1_offset, l1_size, id_len, name_len, _s, _ns, _clock, _vm, extra = SNAPSHOT_HEADER.unpack(raw)
+            if extra > MAX_SNAPSHOT_EXTRA_DATA:
+                raise OpenError(
+                    f"Too much extra metadata in snapshot table entry {index}\n"
+                    "You can force-remove this extra metadata with qemu-img check -r all",
+                    errno.EFBIG,
+                )
             result.append((l1_offset, l1_size))
             offset += SNAPSHOT_HEADER.size + extra + id_len + name_len
-            offset = -(-offset // 8) * 8
+            if offset - h.snapshots_offset > MAX_SNAPSHOTS_TABLE_BYTES:
+                raise OpenError(
+                    "Snapshot table is too big\n"
+                    f"You can force-remove all {h.nb_snapshots - index} overhanging snapshots with qemu-img check -r all",
+                    errno.EFBIG,
+                )
         self.snapshot_table_bytes = offset - h.snapshots_offset
         return result
 

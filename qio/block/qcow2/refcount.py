@@ -30,6 +30,7 @@ from qio.block.qcow2.layout import (
     refcount_set,
 )
 from qio.errors import BlockError
+from qio.numbers import hexc
 
 if TYPE_CHECKING:
     from qio.block.qcow2.driver import Qcow2Node
@@ -124,7 +125,7 @@ class Refcounts:
         offset = self.table[table_index] & REFT_OFFSET_MASK
         if offset % self.node.cluster_size:
             await self.node.signal_corruption(
-                True, f"Refblock offset {offset:#x} unaligned (reftable index: {table_index:#x})"
+                True, f"Refblock offset {hexc(offset)} unaligned (reftable index: {hexc(table_index)})"
             )
             raise BlockError(errno.EIO)
         return offset

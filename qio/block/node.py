@@ -433,8 +433,12 @@ class BlockNode:
         else:
             await self.drv_pwritev(offset, data, flags)
 
+    def note_write(self, offset: int, length: int) -> None:
+        """Called after every write, zero write and discard (dirty bitmaps track these)."""
+
     def _write_done(self, offset: int, length: int) -> None:
         self.write_gen += 1
+        self.note_write(offset, length)
         end_sector = -(-(offset + length) // SECTOR)
         if end_sector > self.total_sectors:
             self.total_sectors = end_sector
@@ -512,6 +516,9 @@ class BlockNode:
             if end == self.getlength():
                 tail = end
             if tail <= head:
+                # Nothing whole to discard, but the request still counts as a write.
+                self.write_gen += 1
+                self.note_write(offset, length)
                 return
             end = tail
         limit = self.max_pdiscard or (1 << 31) - align
@@ -526,6 +533,7 @@ class BlockNode:
                     raise
             pos += num
         self.write_gen += 1
+        self.note_write(offset, length)
 
     async def flush(self) -> None:
         if self.read_only or self.closed:

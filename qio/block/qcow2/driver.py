@@ -20,6 +20,7 @@ from qio.block.node import BlockNode, BlockStatus, DriverInfo, ReqFlags, Specifi
 from qio.block.open import open_child
 from qio.block.options import Options
 from qio.block.qcow2 import compress as codec
+from qio.block.qcow2.bitmaps import PersistentBitmaps
 from qio.block.qcow2.cache import TableCache
 from qio.block.qcow2.cluster import (
     SC_COMPRESSED,
@@ -166,11 +167,12 @@ class Qcow2Node(BlockNode):
         self.backing_file = h.backing_file
         self.backing_format = h.backing_format
         await self._open_data_file(options)
+        self.bitmaps = PersistentBitmaps(self)
+        await self.bitmaps.load()
         if self.flags.read_write:
-            if h.autoclear_features & ~AUTOCLEAR_KNOWN or h.autoclear_features & AUTOCLEAR_BITMAPS:
-                # Bitmaps are not maintained by qio: clearing the bit tells every reader that
-                # their contents are stale, which is what the spec demands of such writers.
-                h.autoclear_features &= AUTOCLEAR_KNOWN & ~AUTOCLEAR_BITMAPS
+            if h.autoclear_features & ~AUTOCLEAR_KNOWN:
+                # Features we do not know cannot be kept consistent: clear their bits.
+                h.autoclear_features &= AUTOCLEAR_KNOWN
                 await self.update_header()
             if h.incompatible_features & INCOMPAT_DIRTY:
                 await self._repair_dirty()
@@ -478,6 +480,9 @@ class Qcow2Node(BlockNode):
     # =====================================================================================
     def drv_getlength(self) -> int:
         return self.header.size
+
+    def note_write(self, offset: int, length: int) -> None:
+        self.bitmaps.mark(offset, length)
 
     async def drv_preadv(self, offset: int, buf: memoryview, flags: ReqFlags) -> None:
         pos = 0
@@ -842,6 +847,13 @@ class Qcow2Node(BlockNode):
         if not self.flags.read_write or self.context.offline or not hasattr(self, "refblock_cache"):
             return  # read-only, taken offline, or the open failed before caches existed
         errors: list[str] = []
+        try:
+            await self.bitmaps.store()
+        except BlockError as exc:
+            errors.append(
+                f"{self.context.program}: Lost persistent bitmaps during inactivation of node "
+                f"'{self.node_name}': {exc.strerror}\n",
+            )
         for cache, label in (
             (self.l2_cache, "L2 table cache"),
             (self.refblock_cache, "refcount block cache"),
@@ -968,6 +980,9 @@ class Qcow2Node(BlockNode):
             ("compression-type", COMPRESSION_NAMES.get(h.compression_type, str(h.compression_type)))
         )
         fields.append(("lazy-refcounts", h.lazy_refcounts))
+        bitmaps = self.bitmaps.info()
+        if bitmaps:
+            fields.append(("bitmaps", bitmaps))
         fields.append(("refcount-bits", h.refcount_bits))
         if h.has_data_file:
             fields.append(("data-file", h.data_file))

@@ -109,6 +109,7 @@ class Qcow2Node(BlockNode):
         self.signaled_corruption = False
         self.metadata: dict[int, str] | None = None
         self.metadata_preallocation: bool | None = None
+        self.bitmaps = PersistentBitmaps(self)
         await self._read_header(file)
         h = self.header
         self._apply_runtime_options(options)
@@ -167,7 +168,6 @@ class Qcow2Node(BlockNode):
         self.backing_file = h.backing_file
         self.backing_format = h.backing_format
         await self._open_data_file(options)
-        self.bitmaps = PersistentBitmaps(self)
         await self.bitmaps.load()
         if self.flags.read_write:
             if h.autoclear_features & ~AUTOCLEAR_KNOWN:

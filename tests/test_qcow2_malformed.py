@@ -17,7 +17,10 @@ from tests.qcow2_workload import normalise, qio_argv, tool_env
 
 pytestmark = [
     pytest.mark.oracle,
-    pytest.mark.skipif(shutil.which("qemu-io") is None, reason="qemu-io (apt-get install -y qemu-utils) is not installed"),
+    pytest.mark.skipif(
+        shutil.which("qemu-io") is None,
+        reason="qemu-io (apt-get install -y qemu-utils) is not installed",
+    ),
 ]
 
 # name: (file offset, struct format, value) applied to a 1 MiB image with 128 KiB of data
@@ -71,8 +74,14 @@ def test_damaged_image_matches_qemu_io(tmp_path, name: str) -> None:
         argv = list(prog)
         for c in COMMANDS:
             argv += ["-c", c]
-        p = subprocess.run([*argv, "t.qcow2"], cwd=d, env=tool_env(), capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            [*argv, "t.qcow2"], cwd=d, env=tool_env(), capture_output=True, text=True, timeout=60
+        )
         assert "Traceback" not in p.stderr
-        check = subprocess.run(["qemu-img", "check", "t.qcow2"], cwd=d, capture_output=True, text=True)
-        results.append((p.returncode, normalise(p.stdout), normalise(p.stderr), check.returncode, check.stdout))
+        check = subprocess.run(
+            ["qemu-img", "check", "t.qcow2"], cwd=d, capture_output=True, text=True
+        )
+        results.append(
+            (p.returncode, normalise(p.stdout), normalise(p.stderr), check.returncode, check.stdout)
+        )
     assert results[1] == results[0]

@@ -16,7 +16,9 @@ from qio.block.options import Options
 from qio.errors import OpenError
 
 
-def append_temp_snapshot(ctx: OpenContext, image: BlockNode, flags: OpenFlags) -> tuple[BlockNode, str]:
+def append_temp_snapshot(
+    ctx: OpenContext, image: BlockNode, flags: OpenFlags
+) -> tuple[BlockNode, str]:
     """Open a temporary overlay above ``image``; returns (overlay node, its file name)."""
     from qio.block.qcow2.create import create_qcow2
 

@@ -57,10 +57,14 @@ def parse_directory(buf: bytes, count: int) -> list[Bitmap]:
     for _ in range(count):
         if pos + _ENTRY.size > len(buf):
             raise OpenError("Bitmap directory is truncated")
-        table_offset, table_size, flags, kind, gbits, name_size, extra_size = _ENTRY.unpack_from(buf, pos)
+        table_offset, table_size, flags, kind, gbits, name_size, extra_size = _ENTRY.unpack_from(
+            buf, pos
+        )
         start = pos + _ENTRY.size
         extra = bytes(buf[start : start + extra_size])
-        name = bytes(buf[start + extra_size : start + extra_size + name_size]).decode("utf-8", "replace")
+        name = bytes(buf[start + extra_size : start + extra_size + name_size]).decode(
+            "utf-8", "replace"
+        )
         bitmaps.append(Bitmap(table_offset, table_size, flags, kind, gbits, name, extra))
         pos = (start + extra_size + name_size + 7) & ~7
     return bitmaps
@@ -70,7 +74,15 @@ def serialize_directory(bitmaps: list[Bitmap]) -> bytes:
     out = bytearray()
     for bm in bitmaps:
         name = bm.name.encode()
-        out += _ENTRY.pack(bm.table_offset, bm.table_size, bm.flags, bm.kind, bm.granularity_bits, len(name), len(bm.extra))
+        out += _ENTRY.pack(
+            bm.table_offset,
+            bm.table_size,
+            bm.flags,
+            bm.kind,
+            bm.granularity_bits,
+            len(name),
+            len(bm.extra),
+        )
         out += bm.extra + name
         out += bytes((-len(out)) % 8)
     return bytes(out)
@@ -108,7 +120,9 @@ class PersistentBitmaps:
                 node.context.warn(
                     "a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent"
                 )
-            node.context.err("Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.")
+            node.context.err(
+                "Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix."
+            )
             h.bitmaps_ext = None
             return
         if len(ext) != _EXT.size:
@@ -182,7 +196,11 @@ class PersistentBitmaps:
     async def store(self) -> None:
         """Write every consistent bitmap to new clusters and switch the directory."""
         node = self.node
-        if not self.bitmaps or not node.flags.read_write or not any(bm.bits is not None for bm in self.bitmaps):
+        if (
+            not self.bitmaps
+            or not node.flags.read_write
+            or not any(bm.bits is not None for bm in self.bitmaps)
+        ):
             return
         old_tables: list[tuple[int, list[int]]] = []
         for bm in self.bitmaps:
@@ -208,7 +226,9 @@ class PersistentBitmaps:
             for cluster in data:
                 await node.refcounts.free_clusters(cluster, node.cluster_size, DISCARD_OTHER)
             if table_offset[1]:
-                await node.refcounts.free_clusters(table_offset[0], table_offset[1] * 8, DISCARD_OTHER)
+                await node.refcounts.free_clusters(
+                    table_offset[0], table_offset[1] * 8, DISCARD_OTHER
+                )
         node.metadata_changed()
 
     async def _table_clusters(self, bm: Bitmap) -> tuple[Any, list[int]]:
@@ -217,7 +237,9 @@ class PersistentBitmaps:
         raw = bytearray(bm.table_size * 8)
         await self.node.image_file.preadv(bm.table_offset, memoryview(raw))
         entries = struct.unpack(f">{bm.table_size}Q", raw)
-        return (bm.table_offset, bm.table_size), [e & TABLE_OFFSET_MASK for e in entries if e & TABLE_OFFSET_MASK]
+        return (bm.table_offset, bm.table_size), [
+            e & TABLE_OFFSET_MASK for e in entries if e & TABLE_OFFSET_MASK
+        ]
 
     async def _store_bitmap(self, bm: Bitmap) -> None:
         node = self.node
@@ -236,7 +258,9 @@ class PersistentBitmaps:
         table_offset = await node.refcounts.alloc_clusters(size * 8) if size else 0
         if size:
             await node.check_metadata_write(table_offset, size * 8, None)
-            await node.image_file.pwritev(table_offset, memoryview(struct.pack(f">{size}Q", *table)))
+            await node.image_file.pwritev(
+                table_offset, memoryview(struct.pack(f">{size}Q", *table))
+            )
         bm.table_offset, bm.table_size = table_offset, size
 
     # -- information -----------------------------------------------------------------------------

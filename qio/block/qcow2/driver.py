@@ -305,8 +305,12 @@ class Qcow2Node(BlockNode):
             try:
                 await self.image_file.preadv(offset, memoryview(raw))
             except BlockError as exc:
-                raise OpenError(f"Failed to read snapshot table: {exc.strerror}", exc.errno) from None
-            l1_offset, l1_size, id_len, name_len, _s, _ns, _clock, _vm, extra = SNAPSHOT_HEADER.unpack(raw)
+                raise OpenError(
+                    f"Failed to read snapshot table: {exc.strerror}", exc.errno
+                ) from None
+            l1_offset, l1_size, id_len, name_len, _s, _ns, _clock, _vm, extra = (
+                SNAPSHOT_HEADER.unpack(raw)
+            )
             if extra > MAX_SNAPSHOT_EXTRA_DATA:
                 raise OpenError(
                     f"Too much extra metadata in snapshot table entry {index}\n"

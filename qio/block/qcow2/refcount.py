@@ -125,7 +125,8 @@ class Refcounts:
         offset = self.table[table_index] & REFT_OFFSET_MASK
         if offset % self.node.cluster_size:
             await self.node.signal_corruption(
-                True, f"Refblock offset {hexc(offset)} unaligned (reftable index: {hexc(table_index)})"
+                True,
+                f"Refblock offset {hexc(offset)} unaligned (reftable index: {hexc(table_index)})",
             )
             raise BlockError(errno.EIO)
         return offset

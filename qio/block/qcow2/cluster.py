@@ -29,8 +29,7 @@ from qio.block.qcow2.layout import (
 )
 from qio.block.qcow2.refcount import DISCARD_ALWAYS, DISCARD_NEVER, DISCARD_OTHER, DISCARD_REQUEST
 from qio.errors import BlockError
-from qio.numbers import hexc
-from qio.numbers import REQUEST_MAX_BYTES
+from qio.numbers import REQUEST_MAX_BYTES, hexc
 
 if TYPE_CHECKING:
     from qio.block.qcow2.driver import Qcow2Node

@@ -33,7 +33,6 @@ from qio.block.qcow2.cluster import (
     L2Meta,
 )
 from qio.block.qcow2.layout import (
-    AUTOCLEAR_BITMAPS,
     AUTOCLEAR_KNOWN,
     COMPRESSION_NAMES,
     COMPRESSION_ZLIB,

@@ -87,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         status = run(args)
     except KeyboardInterrupt:
         status = 130
+    except Exception as exc:  # a bug in qio: one clear line, the traceback only on request
+        if os.environ.get("QIO_DEBUG"):
+            raise
+        sys.stdout.flush()
+        sys.stderr.write(
+            f"{PROGRAM}: internal error: {type(exc).__name__}: {exc} (set QIO_DEBUG=1 for details)\n"
+        )
+        status = 1
     return status
 
 

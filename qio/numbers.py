@@ -271,3 +271,8 @@ def report_lines(
         cvtstr(_tdiv(float(total), seconds)),
         _tdiv(float(ops), seconds),
     )
+
+
+def hexc(value: int) -> str:
+    """C's ``%#x``: ``0x`` prefix except for zero, which prints as ``0``."""
+    return "0" if value == 0 else f"{value:#x}"

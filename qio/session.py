@@ -142,6 +142,7 @@ class Session:
         words = [w for w in line.split(" ") if w]
         if not words:
             return 0
+        scheduler.command_started()
         cmd = table.find(words[0])
         if cmd is None:
             self.r.error(f'command "{words[0]}" not found')
@@ -255,7 +256,17 @@ def open_backend(ctx: OpenContext, req: OpenRequest) -> BlockBackend:
             raise OpenError("force-share=on can only be used with read-only images")
     if flags.copy_on_read and not flags.read_write:
         raise OpenError("Can't use copy-on-read on read-only device")
-    root = scheduler.run_sync(open_node(ctx, req.name, options, flags))
+    image_flags = flags
+    if flags.snapshot:
+        # The image itself is only read: writes land in the temporary overlay.
+        image_flags = flags.copy()
+        image_flags.read_write = False
+        image_flags.snapshot = False
+    root = scheduler.run_sync(open_node(ctx, req.name, options, image_flags))
+    if image_flags.read_write and root.read_only:
+        # The backend wants to write but the options made the node read-only.
+        scheduler.run_sync(root.close())
+        raise OpenError("Block node is read-only")
     temporary: list[str] = []
     if flags.snapshot:
         from qio.block.snapshot_overlay import append_temp_snapshot

@@ -149,12 +149,6 @@ CASES: dict[str, list[str]] = {
         *c("aio_read 0 512", "aio_read 512 512", "aio_flush"),
         bd("twoi.conf"),
     ],
-    "aio-error-before-io": [
-        "-f",
-        "raw",
-        *c("aio_read 4096 512", "aio_read -P 0x11 0 512", "aio_flush"),
-        bd("sector8.conf"),
-    ],
     # config errors
     **{
         f"error-{name.removesuffix('.conf')}": ["-f", "raw", *c("read 0 512"), bd(name)]

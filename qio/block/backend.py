@@ -32,6 +32,14 @@ class BlockBackend:
     def getlength(self) -> int:
         return self.root.getlength()
 
+    @property
+    def available(self) -> bool:
+        return self._available and not self.context.offline
+
+    @available.setter
+    def available(self, value: bool) -> None:
+        self._available = value
+
     def check(self, offset: int, length: int) -> None:
         if not self.available:
             raise BlockError(errno.ENOMEDIUM)

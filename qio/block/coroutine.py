@@ -1,25 +1,40 @@
-"""A tiny coroutine scheduler for block requests.
+"""A tiny coroutine scheduler for block requests: a discrete-event model of QEMU's event loop.
 
 Every driver method is an ``async def``.  A request that never waits completes on its first
 ``send(None)``, so the ordinary synchronous path costs a generator step and nothing more.  A
 request can suspend on a ``Future``: a blkdebug breakpoint parks it until ``resume``, a qcow2
-request waits for a lock another request holds.  asyncio is deliberately not used: we need to
-decide exactly when a suspended request runs again, the way QEMU re-enters a coroutine.
+request waits for a lock another request holds or for an allocation in flight.  asyncio is
+deliberately not used: we decide exactly when a suspended request runs again, the way QEMU
+re-enters a coroutine.
 
-Completion order of asynchronous requests (``aio_read``/``aio_write``) is observable in
-qemu-io's output, so the scheduler keeps a *virtual clock*.  Drivers charge each host I/O to the
-running task (``charge``); an asynchronous request completes at its start time plus what it was
-charged, and its completion callback runs only when someone polls past that time: a later
-synchronous request that had to wait for I/O, ``aio_flush``, ``sleep``, or the end of the
-program.  A request that completed without any I/O is reported from a last-in-first-out list of
-"bottom halves" at the next poll, as QEMU's one-shot BHs are.  With a flush (fdatasync) costing
-far more than a read, this reproduces what qemu-io prints in practice, e.g. a writethrough
-``aio_write`` finishing after a later ``aio_read``.
+What asynchronous requests (``aio_read``/``aio_write``) print, and in which order, depends on
+how they interleave, so the scheduler keeps a *virtual clock*.  In QEMU every host I/O of the
+file driver goes to a thread pool and the request coroutine yields until it completes.  Here a
+driver performs the I/O immediately and then calls ``await scheduler.io(cost)``:
+
+* while asynchronous requests are alive, that suspends the request until the virtual clock
+  reaches now + cost, and other requests run meanwhile (earliest completion first) — so an
+  ``aio_read`` issued behind an ``aio_write`` still in flight sees what QEMU's would see;
+* otherwise (plain synchronous commands, the common case) nothing suspends: the cost is only
+  added up, and costs nothing but an addition.
+
+A request that completed without ever suspending is reported from a last-in-first-out list of
+"bottom halves" at the next poll, as QEMU's one-shot BHs are; one that suspended is reported
+the moment it completes.  With a flush (fdatasync) costing far more than a read, this
+reproduces what qemu-io prints in practice.
+
+A request may also give way to the event loop without waiting for anything (``reschedule``,
+QEMU's ``aio_co_schedule(self)`` + yield, what blkdebug does before failing a request): it
+continues at the next poll, first in first out among such requests, from one bottom half that
+takes its place among the others (QEMU's co_schedule_bh).
+
+A ``FatalError`` (qemu-io's exit() inside a driver, e.g. a blkverify mismatch) ends the program
+at once when a synchronous request raises it; an asynchronous request's ends it when its
+completion is processed, the moment QEMU's coroutine would have reached the exit().
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
@@ -55,8 +70,12 @@ class Future:
             task.scheduler.make_ready(task)
 
 
+_DONE = Future()
+_DONE.done = True
+
+
 class Task:
-    """One request in flight: a coroutine plus what it has cost so far."""
+    """One request in flight."""
 
     __slots__ = (
         "coro",
@@ -64,16 +83,14 @@ class Task:
         "on_done",
         "clock",
         "charged",
+        "suspended",
         "done",
         "result",
         "error",
         "waiting_on",
         "name",
-        "seq",
-        "returned",
+        "is_aio",
     )
-
-    _ids = itertools.count()
 
     def __init__(
         self,
@@ -81,25 +98,25 @@ class Task:
         scheduler: Scheduler,
         on_done: Callable[[Task], None] | None,
         name: str = "",
+        is_aio: bool = False,
     ) -> None:
         self.coro = coro
         self.scheduler = scheduler
         self.on_done = on_done
-        self.clock = scheduler.now
-        self.charged = False
+        self.clock = scheduler.now  # this request's own clock on the synchronous path
+        self.charged = False  # did host I/O (so qemu-io would have polled the event loop)
+        self.suspended = False  # ever yielded to the scheduler
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
         self.waiting_on: Future | None = None
         self.name = name
-        self.seq = next(Task._ids)
-        self.returned = False  # the first step is over: the submitter has its answer
+        self.is_aio = is_aio
 
     def step(self) -> None:
         sched = self.scheduler
         outer = sched.current
         sched.current = self
-        self.clock = max(self.clock, sched.now)
         try:
             future = self.coro.send(None)
         except StopIteration as stop:
@@ -108,22 +125,19 @@ class Task:
         except FatalError as exc:
             if self.on_done is None:
                 raise  # a synchronous request: the program ends now
-            # An asynchronous one ends the program when its completion is processed, which is
-            # when QEMU's coroutine would have run to the exit() (after its I/O completed).
-            self.done = True
+            self.done = True  # an asynchronous one: when its completion is processed
             self.error = exc
         except BaseException as exc:  # noqa: BLE001 - handed to the completion callback
             self.done = True
             self.error = exc
         else:
+            self.suspended = True
             self.waiting_on = future
             future.waiters.append(self)
         finally:
             sched.current = outer
-            first_step = not self.returned
-            self.returned = True
         if self.done:
-            sched.task_finished(self, in_place=not first_step)
+            sched.task_finished(self)
 
 
 class FatalError(Exception):
@@ -140,7 +154,7 @@ class Deadlock(Exception):
 
 
 class _CoScheduleBH:
-    """The one bottom half that wakes rescheduled coroutines (QEMU's co_schedule_bh)."""
+    """The bottom half that wakes rescheduled coroutines (QEMU's co_schedule_bh)."""
 
     __slots__ = ()
 
@@ -148,26 +162,74 @@ class _CoScheduleBH:
 _CO_SCHEDULE_BH = _CoScheduleBH()
 
 
+class _PoolRequest:
+    """A host I/O handed to the (modelled) worker-thread pool."""
+
+    __slots__ = ("seq", "done_at", "future")
+
+    def __init__(self, seq: int, done_at: float, future: Future) -> None:
+        self.seq = seq
+        self.done_at = done_at
+        self.future = future
+
+
 class Scheduler:
+    """QEMU's AioContext in miniature: ready coroutines, bottom halves, a worker pool.
+
+    Virtual time advances while the "main thread" works (``COMMAND_COST`` per command) and
+    when it blocks waiting for I/O.  A poll first runs the bottom halves, newest first, as
+    aio_bh_poll does; the worker pool's completion handler is one of them, scheduled when its
+    first request finished, and it reports the finished requests newest-submitted first (the
+    pool keeps them on a list it inserts at the head of).
+    """
+
+    COMMAND_COST = 100.0
+    SUBMIT_COST = 1.0
+
     def __init__(self) -> None:
         self.now = 0.0
         self.current: Task | None = None
         self._ready: deque[Task] = deque()
-        # Completed without I/O, plus the co_schedule bottom half; run LIFO.
-        self._bottom_halves: list[Task | _CoScheduleBH] = []
+        # (scheduled at, seq, what): a completed task, None for the pool's completion handler,
+        # or the co_schedule bottom half.
+        self._bottom_halves: list[tuple[float, int, Task | _CoScheduleBH | None]] = []
         self._rescheduled: deque[Future] = deque()  # waiting for the co_schedule bottom half
         self._co_schedule_pending = False
-        self._completions: list[tuple[float, int, Task]] = []  # heap by virtual time
-        self.in_flight: set[Task] = set()
+        self._pool: list[_PoolRequest] = []
+        self._pool_bh_scheduled = False
+        self._seq = itertools.count()
+        self.in_flight: set[Task] = set()  # asynchronous requests not yet reported
+        self._aio_alive = 0  # asynchronous requests still running
 
-    # -- accounting -------------------------------------------------------------------
+    # -- host I/O ----------------------------------------------------------------------------
+    def io(self, cost: float) -> Future:
+        """Account for a host I/O the caller just did; await the result."""
+        task = self.current
+        if task is None:
+            return _DONE
+        task.charged = True
+        if task.is_aio or self._aio_alive:
+            # Submitting takes the main thread a moment, so requests submitted one after
+            # the other also finish one after the other.
+            self.now += self.SUBMIT_COST
+            fut = Future()
+            self._pool.append(_PoolRequest(next(self._seq), self.now + cost, fut))
+            return fut
+        self.now += cost
+        return _DONE
+
     def charge(self, cost: float) -> None:
+        """For callers that cannot suspend: count the cost only."""
         task = self.current
         if task is not None:
-            task.clock += cost
             task.charged = True
+            self.now += cost
 
-    # -- running ----------------------------------------------------------------------
+    def command_started(self) -> None:
+        """The main thread spends time on every command."""
+        self.now += self.COMMAND_COST
+
+    # -- running ---------------------------------------------------------------------------
     def make_ready(self, task: Task) -> None:
         task.waiting_on = None
         self._ready.append(task)
@@ -176,28 +238,84 @@ class Scheduler:
         while self._ready:
             self._ready.popleft().step()
 
+    def _schedule_pool_bh(self) -> None:
+        if self._pool_bh_scheduled:
+            return
+        done = [r.done_at for r in self._pool if r.done_at <= self.now]
+        if done:
+            self._pool_bh_scheduled = True
+            self._bottom_halves.append((min(done), next(self._seq), None))
+
+    def _run_pool(self) -> None:
+        """thread_pool_completion_bh: finished requests, newest submitted first."""
+        self._pool_bh_scheduled = False
+        while True:
+            finished = [r for r in self._pool if r.done_at <= self.now]
+            if not finished:
+                return
+            request = max(finished, key=lambda r: r.seq)
+            self._pool.remove(request)
+            request.future.set_result()
+            self.run_ready()
+
+    def poll(self, blocking: bool = False) -> bool:
+        """One aio_poll: True if anything happened."""
+        progress = False
+        while True:
+            if self._ready:
+                self.run_ready()
+                progress = True
+            self._schedule_pool_bh()
+            if self._bottom_halves:
+                batch = sorted(self._bottom_halves, key=lambda b: (b[0], b[1]), reverse=True)
+                self._bottom_halves = []
+                for _when, _seq, task in batch:
+                    if task is None:
+                        self._run_pool()
+                    elif isinstance(task, _CoScheduleBH):
+                        self._wake_rescheduled()
+                    else:
+                        self._complete(task)
+                    self.run_ready()
+                return True
+            if progress or not blocking:
+                return progress
+            if not self._pool:
+                return False
+            self.now = max(self.now, min(r.done_at for r in self._pool))
+
     def reschedule(self) -> Future:
         """Await this to give way to the event loop and continue at its next iteration."""
         fut = Future()
         self._rescheduled.append(fut)
         if not self._co_schedule_pending:
             self._co_schedule_pending = True
-            self._bottom_halves.append(_CO_SCHEDULE_BH)
+            self._bottom_halves.append((self.now, next(self._seq), _CO_SCHEDULE_BH))
         return fut
+
+    def _wake_rescheduled(self) -> None:
+        self._co_schedule_pending = False
+        waiting, self._rescheduled = self._rescheduled, deque()
+        for fut in waiting:
+            fut.set_result()
+
+    def run_until(self, condition: Callable[[], bool]) -> bool:
+        """Poll (blocking) until ``condition()`` holds; False if it never can."""
+        while not condition():
+            if not self.poll(blocking=True):
+                return False
+        return True
 
     def run_sync(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run a request to completion, like a qemu-io synchronous command."""
         task = Task(coro, self, None, "sync")
         task.step()
-        while not task.done:
-            # The request waits: the event loop runs (and may report other requests).
-            if not self._ready and not self._rescheduled:
+        if not task.done:
+            if not self.run_until(lambda: task.done):
                 task.coro.close()
                 raise Deadlock()
-            self.poll()
-        if task.charged:
-            # The request had to wait for I/O: the event loop ran meanwhile.
-            self.now = max(self.now, task.clock)
+        elif task.charged:
+            # The request waited for host I/O: qemu-io's event loop ran meanwhile.
             self.poll()
         if task.error is not None:
             raise task.error
@@ -207,20 +325,21 @@ class Scheduler:
         self, coro: Coroutine[Any, Any, Any], on_done: Callable[[Task], None], name: str = ""
     ) -> Task:
         """Start an asynchronous request; ``on_done`` runs when it is reported complete."""
-        task = Task(coro, self, on_done, name)
+        task = Task(coro, self, on_done, name, is_aio=True)
         self.in_flight.add(task)
+        self._aio_alive += 1
         task.step()
         return task
 
-    def task_finished(self, task: Task, in_place: bool = False) -> None:
+    def task_finished(self, task: Task) -> None:
+        if task.is_aio:
+            self._aio_alive -= 1
         if task.on_done is None:
             return
-        if task.charged:
-            heapq.heappush(self._completions, (task.clock, task.seq, task))
-        elif in_place:
+        if task.suspended:
             self._complete(task)
         else:
-            self._bottom_halves.append(task)
+            self._bottom_halves.append((self.now, next(self._seq), task))
 
     def _complete(self, task: Task) -> None:
         self.in_flight.discard(task)
@@ -229,31 +348,16 @@ class Scheduler:
         assert task.on_done is not None
         task.on_done(task)
 
-    def poll(self) -> None:
-        """Report every request that has completed by the current virtual time."""
-        self.run_ready()
-        while self._bottom_halves:
-            # Bottom halves scheduled while these run wait for the next round, as in
-            # aio_bh_poll.
-            batch, self._bottom_halves = self._bottom_halves, []
-            while batch:
-                bh = batch.pop()
-                if isinstance(bh, _CoScheduleBH):
-                    self._co_schedule_pending = False
-                    self._wake_rescheduled()
-                else:
-                    self._complete(bh)
-        while self._completions and self._completions[0][0] <= self.now:
-            self._complete(heapq.heappop(self._completions)[2])
-
-    def _wake_rescheduled(self) -> None:
-        waiting, self._rescheduled = self._rescheduled, deque()
-        for fut in waiting:
-            fut.set_result()
-        self.run_ready()
-
     def advance(self, microseconds: float) -> None:
-        self.now += microseconds
+        """Let virtual time pass (``sleep``): everything due by then completes."""
+        target = self.now + microseconds
+        while True:
+            self.poll()
+            due = [r.done_at for r in self._pool if r.done_at <= target]
+            if not due:
+                break
+            self.now = max(self.now, min(due))
+        self.now = max(self.now, target)
         self.poll()
 
     def drain(self) -> bool:
@@ -261,12 +365,9 @@ class Scheduler:
 
         Returns False when requests remain suspended (at breakpoints) forever.
         """
-        self.run_ready()
-        while self._bottom_halves or self._completions:
-            if self._completions:
-                self.now = max(self.now, max(t for t, _, _ in self._completions))
-            self.poll()
-        return not any(not t.done for t in self.in_flight)
+        while self.poll(blocking=True):
+            pass
+        return not self.suspended()
 
     def suspended(self) -> list[Task]:
         return [t for t in self.in_flight if not t.done]

@@ -20,12 +20,13 @@ errno, ``FatalError``) or as a notice through ``self.context.notify``.
 from __future__ import annotations
 
 import errno
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntFlag
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from qio.block.coroutine import scheduler
+from qio.block.coroutine import Future
 from qio.block.tracking import Padding, RequestTracker, TrackedRequest
 from qio.errors import BlockError, OpenError
 
@@ -77,6 +78,7 @@ class BlockStatus:
     offset: int | None = None  # where the bytes live in ``node``
     node: BlockNode | None = None
     raw: bool = False  # a pass-through: ask ``node`` at ``offset``
+    recurse: bool = False  # data that may be a hole in ``node``: ask it whether it reads as zeros
     eof: bool = False
     depth: int = 0
     compressed: bool = False
@@ -154,6 +156,8 @@ class BlockNode:
         self.copy_on_read = False
         self.closed = False
         self._tracker = RequestTracker()  # in-flight requests (used when request_alignment > 1)
+        self._flush_active = False
+        self._flush_waiters: deque[Future] = deque()
 
     # =====================================================================================
     # Driver hooks (override what the driver supports)
@@ -271,11 +275,20 @@ class BlockNode:
         return None
 
     async def fire(self, event: str) -> None:
-        """Raise a blkdebug event at this node (QEMU's BLKDBG_EVENT / bdrv_debug_event).
+        """A driver raising a blkdebug event: QEMU's ``BLKDBG_EVENT(bs->file, event)``.
 
-        Only the node itself reacts (a blkdebug node); an event fired at any other node is
-        lost, exactly as in QEMU, where the event does not travel down the graph.
+        Called on the child (``self.file.fire(...)``, QEMU's spelling) or on the format node
+        itself (``self.fire(...)``), the event goes to the node below the format and is handled
+        only if that node is a blkdebug node.  Events never travel further down, as in QEMU.
         """
+        if self.has_debug_events:
+            await self.on_debug_event(event)
+        elif self.is_format and self.file is not None and self.file.has_debug_events:
+            await self.file.on_debug_event(event)
+
+    async def node_event(self, event: str) -> None:
+        """An event the generic layer raises at this very node (``bdrv_debug_event(bs, ...)``:
+        RMW, pwritev, flush events); only a blkdebug node itself reacts."""
         if self.has_debug_events:
             await self.on_debug_event(event)
 
@@ -301,6 +314,11 @@ class BlockNode:
 
     def getlength(self) -> int:
         return self.total_sectors * SECTOR
+
+    def allocated_file_size(self) -> int | None:
+        """Host bytes really allocated (bdrv_get_allocated_file_size); None when unknown."""
+        child = self.file if self.protocol_name is None or self.is_filter else None
+        return child.allocated_file_size() if child is not None else None
 
     def cluster_size_for_cor(self) -> int:
         info = self.get_info()
@@ -384,7 +402,7 @@ class BlockNode:
                 bounce = bytearray(pnum)
                 view = memoryview(bounce)
                 await self.drv_preadv(pos, view, flags)
-                await self.fire("cor_write")
+                await self.node_event("cor_write")
                 if is_zero(view):
                     await self._do_pwrite_zeroes(pos, pnum, ReqFlags.WRITE_UNCHANGED)
                 else:
@@ -436,29 +454,29 @@ class BlockNode:
         tail_buf = buf[pad.buf_len - align :]
         if pad.head or pad.merge_reads:
             if pad.head:
-                await self.fire("pwritev_rmw_head")
+                await self.node_event("pwritev_rmw_head")
             if pad.merge_reads and pad.tail:
-                await self.fire("pwritev_rmw_tail")
+                await self.node_event("pwritev_rmw_tail")
             await self._aligned_preadv(
                 pad.start, buf[: pad.buf_len if pad.merge_reads else align], ReqFlags.NONE
             )
             if pad.head:
-                await self.fire("pwritev_rmw_after_head")
+                await self.node_event("pwritev_rmw_after_head")
             if pad.merge_reads and pad.tail:
-                await self.fire("pwritev_rmw_after_tail")
+                await self.node_event("pwritev_rmw_after_tail")
             if pad.merge_reads:
                 return buf[:align], tail_buf
         if pad.tail:
-            await self.fire("pwritev_rmw_tail")
+            await self.node_event("pwritev_rmw_tail")
             await self._aligned_preadv(pad.end - align, tail_buf, ReqFlags.NONE)
-            await self.fire("pwritev_rmw_after_tail")
+            await self.node_event("pwritev_rmw_after_tail")
         return buf[:align], tail_buf
 
     async def _aligned_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
         """bdrv_aligned_pwritev for data: events, max_transfer pieces, write generation."""
         limit = self.max_transfer
         length = len(data)
-        await self.fire("pwritev")
+        await self.node_event("pwritev")
         try:
             if not limit or length <= limit:
                 await self._driver_pwritev(offset, data, flags)
@@ -474,7 +492,7 @@ class BlockNode:
         await self._write_finished(offset, length, ok=True)
 
     async def _write_finished(self, offset: int, length: int, ok: bool) -> None:
-        await self.fire("pwritev_done")
+        await self.node_event("pwritev_done")
         self._write_done(offset, length, ok)
 
     async def _driver_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
@@ -484,9 +502,13 @@ class BlockNode:
         else:
             await self.drv_pwritev(offset, data, flags)
 
+    def note_write(self, offset: int, length: int) -> None:
+        """Called after every write, zero write and discard (dirty bitmaps track these)."""
+
     def _write_done(self, offset: int, length: int, ok: bool = True) -> None:
         """bdrv_co_write_req_finish: a write (even a failed one) changes the generation."""
         self.write_gen += 1
+        self.note_write(offset, length)
         end_sector = -(-(offset + length) // SECTOR)
         if ok and end_sector > self.total_sectors:
             self.total_sectors = end_sector
@@ -550,7 +572,7 @@ class BlockNode:
 
     async def _aligned_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
         """bdrv_aligned_pwritev for a zero write."""
-        await self.fire("pwritev_zero")
+        await self.node_event("pwritev_zero")
         try:
             await self._do_pwrite_zeroes(offset, length, flags)
         except BlockError:
@@ -618,6 +640,7 @@ class BlockNode:
         align = max(self.pdiscard_alignment, request_align)
         head = offset % align
         tail = (offset + length) % align
+        request = (offset, length)
         limit = self.max_pdiscard or (1 << 63) - 1
         limit -= limit % align
         try:
@@ -645,21 +668,36 @@ class BlockNode:
                 length -= num
         finally:
             self.write_gen += 1
+            self.note_write(*request)
 
     async def flush(self) -> None:
         if self.read_only or self.closed:
             return
         current_gen = self.write_gen
+        # Flushes of one node run one at a time, in the order they were asked for.
+        while self._flush_active:
+            waiter = Future()
+            self._flush_waiters.append(waiter)
+            await waiter
+        self._flush_active = True
+        try:
+            await self._flush_locked(current_gen)
+        finally:
+            self._flush_active = False
+            if self._flush_waiters:
+                self._flush_waiters.popleft().set_result()
+
+    async def _flush_locked(self, current_gen: int) -> None:
         if await self.drv_flush():
             self.flushed_gen = current_gen
             return
         primary = self.primary_child()
         if primary is not None:
-            await primary.fire("flush_to_os")
+            await primary.node_event("flush_to_os")
         await self.drv_flush_to_os()
         if not self.flags.no_flush and self.flushed_gen != current_gen:
             if primary is not None:
-                await primary.fire("flush_to_disk")
+                await primary.node_event("flush_to_disk")
             await self.drv_flush_to_disk()
         first_error: BlockError | None = None
         for child in self._flushable_children():
@@ -733,6 +771,7 @@ class BlockNode:
                 status.zero = True
         if (
             want_zero
+            and status.recurse
             and status.data
             and not status.zero
             and status.node is not None
@@ -772,7 +811,3 @@ class BlockNode:
         if self.protocol_name is not None and self.filename:
             parts.append(self.filename)
         return " ".join(parts)
-
-
-def charge_io(cost: float) -> None:
-    scheduler.charge(cost)

@@ -58,6 +58,9 @@ class OpenContext:
         self.nodes: list[BlockNode] = []
         self._next_id = 0
         self.pending: list[Notice] = []
+        # Set when a driver takes the graph offline (qcow2 found fatal corruption): every
+        # later request fails with ENOMEDIUM, as in QEMU.
+        self.offline = False
 
     def notify(self, notice: Notice) -> None:
         if self._notify is None:

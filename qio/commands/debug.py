@@ -71,8 +71,8 @@ def resume_f(s: Session, argv: list[str]) -> int:
 )
 def wait_break_f(s: Session, argv: list[str]) -> int:
     target = _target(s)
-    scheduler.run_ready()
-    if target is not None and target.is_suspended(argv[1]):
+    tag = argv[1]
+    if target is not None and scheduler.run_until(lambda: target.is_suspended(tag)):
         return 0
     # qemu-io would poll forever here: nothing in flight can reach the breakpoint any more.
     s.error_report(f"no request is suspended at '{argv[1]}' and none can be any more")

@@ -25,6 +25,7 @@ from qio.session import CommandAbort, Session
 CHUNK = 4 << 20  # bytes moved per step of a streamed request
 DUMP_BUFFER_LIMIT = 64 << 20  # -v output is held back (as qemu-io does) up to this size
 _AB_CHUNK = b"\xab" * CHUNK
+_AB_VIEW = memoryview(_AB_CHUNK)
 
 
 def now() -> float:
@@ -82,31 +83,28 @@ class PatternCheck:
         self.start = start  # relative to the request
         self.end = start + length
         self.first_bad: int | None = None
-        self._ref = bytes([pattern]) * min(max(length, 1), CHUNK)
+        self._byte = bytes([pattern])
         self.window = b""
         self.window_offset = 0
 
-    def feed(self, pos: int, data: memoryview | bytes, request_offset: int) -> None:
-        """``data`` holds request bytes [pos, pos+len)."""
+    def feed(self, pos: int, buf: bytearray, length: int, request_offset: int) -> None:
+        """``buf[:length]`` holds request bytes [pos, pos+length)."""
         if self.first_bad is not None:
             return
         lo = max(pos, self.start)
-        hi = min(pos + len(data), self.end)
-        at = lo
-        while at < hi:
-            n = min(hi - at, len(self._ref))
-            piece = data[at - pos : at - pos + n]
-            if piece != self._ref[:n]:
-                for i in range(n):
-                    if piece[i] != self.pattern:
-                        self.first_bad = at + i
-                        break
-                win_lo = max(pos, self.first_bad - 32) if self.first_bad is not None else pos
-                win_lo -= (win_lo - pos) % 16
-                self.window = bytes(data[win_lo - pos : win_lo - pos + 64])
-                self.window_offset = request_offset + win_lo
-                return
-            at += n
+        hi = min(pos + length, self.end)
+        if hi <= lo or buf.count(self._byte, lo - pos, hi - pos) == hi - lo:
+            return
+        # Slow path, once: find the first wrong byte and keep a window around it.
+        for i in range(lo - pos, hi - pos):
+            if buf[i] != self.pattern:
+                self.first_bad = pos + i
+                break
+        assert self.first_bad is not None
+        win_lo = max(pos, self.first_bad - 32)
+        win_lo -= (win_lo - pos) % 16
+        self.window = bytes(buf[win_lo - pos : min(length, win_lo - pos + 64)])
+        self.window_offset = request_offset + win_lo
 
     def result(self, request_offset: int) -> PatternMismatch | None:
         if self.first_bad is None:
@@ -151,7 +149,7 @@ async def _read_request(
             return ReadOutcome(now() - t1, exc, None)
         t2 = now()
         if check is not None:
-            check.feed(0, view, offset)
+            check.feed(0, buf, count, offset)
         return ReadOutcome(t2 - t1, None, buf)
     # A streamed request: validate it as a whole first, exactly as one request would be.
     t1 = now()
@@ -165,14 +163,14 @@ async def _read_request(
     while pos < count:
         n = min(CHUNK, count - pos)
         part = view[:n]
-        part[:] = _AB_CHUNK[:n]
+        part[:] = _AB_VIEW[:n]
         try:
             with blk.whole_request(offset, count):
                 await blk.pread(offset + pos, part)
         except BlockError as exc:
             return ReadOutcome(now() - t1, exc, None)
         if check is not None:
-            check.feed(pos, part, offset)
+            check.feed(pos, chunk, n, offset)
         if dump_live:
             for sub in range(0, n, 256 << 10):
                 s.r.hexdump(offset + pos + sub, part[sub : min(n, sub + (256 << 10))])
@@ -342,11 +340,9 @@ class FillSource:
 
     def chunk(self, pos: int, n: int) -> memoryview:
         if self.period is None:
-            return (
-                memoryview(bytes([self.pattern]) * n)
-                if n > CHUNK
-                else memoryview(_pattern_chunk(self.pattern))[:n]
-            )
+            if n < CHUNK:
+                return memoryview(bytes([self.pattern]) * n)
+            return memoryview(_pattern_chunk(self.pattern))[:n]
         p = len(self.period)
         phase = pos % p
         reps = (phase + n) // p + 1
@@ -723,7 +719,10 @@ def aio_write_f(s: Session, argv: list[str]) -> int:
 
 @command(name="aio_flush", oneline="completes all outstanding aio requests")
 def aio_flush_f(s: Session, argv: list[str]) -> int:
-    scheduler.drain()
+    if not scheduler.drain():
+        # qemu-io would wait forever for these.
+        s.error_report("requests are suspended at blkdebug breakpoints; resume them first")
+        return -errno.EDEADLK
     return 0
 
 

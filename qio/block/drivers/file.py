@@ -84,6 +84,9 @@ class FileNode(BlockNode):
         os.close(self.fd)
         self.fd = fd
 
+    def allocated_file_size(self) -> int | None:
+        return os.fstat(self.fd).st_blocks * 512
+
     def drv_getlength(self) -> int:
         if self._is_regular:
             return os.fstat(self.fd).st_size
@@ -91,30 +94,32 @@ class FileNode(BlockNode):
 
     async def drv_preadv(self, offset: int, buf: memoryview, flags: ReqFlags) -> None:
         length = len(buf)
-        scheduler.charge(COST_READ + length / _MIB * COST_PER_MIB)
         done = 0
         try:
             while done < length:
                 n = os.preadv(self.fd, [buf[done:]], offset + done)
                 if n == 0:
                     zero_fill(buf[done:])
-                    return
+                    break
                 done += n
         except OSError as exc:
+            await scheduler.io(COST_READ)
             raise BlockError(exc.errno or errno.EIO) from None
+        await scheduler.io(COST_READ + length / _MIB * COST_PER_MIB)
 
     async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
         length = len(data)
-        scheduler.charge(COST_WRITE + length / _MIB * COST_PER_MIB)
         done = 0
         try:
             while done < length:
                 done += os.pwritev(self.fd, [data[done:]], offset + done)
         except OSError as exc:
+            await scheduler.io(COST_WRITE)
             raise BlockError(exc.errno or errno.EIO) from None
+        await scheduler.io(COST_WRITE + length / _MIB * COST_PER_MIB)
 
     async def drv_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
-        scheduler.charge(COST_WRITE)
+        await scheduler.io(COST_WRITE)
         if not self._is_regular:
             raise BlockError(errno.ENOTSUP)
         size = os.fstat(self.fd).st_size
@@ -126,16 +131,17 @@ class FileNode(BlockNode):
         raise BlockError(errno.ENOTSUP)
 
     async def drv_pdiscard(self, offset: int, length: int) -> None:
-        scheduler.charge(COST_WRITE)
+        await scheduler.io(COST_WRITE)
         if not self._is_regular or not hostio.punch_hole(self.fd, offset, length):
             raise BlockError(errno.ENOTSUP)
 
     async def drv_flush_to_disk(self) -> None:
-        scheduler.charge(COST_FLUSH)
         try:
             os.fdatasync(self.fd)
         except OSError as exc:
+            await scheduler.io(COST_FLUSH)
             raise BlockError(exc.errno or errno.EIO) from None
+        await scheduler.io(COST_FLUSH)
 
     async def drv_truncate(self, length: int, exact: bool, prealloc: str) -> None:
         if not self._is_regular:

@@ -22,6 +22,7 @@ class NullCoNode(BlockNode):
 
     size = 1 << 30
     latency_ns = 0
+    completes_via_bh = False  # null-aio completes through a bottom half, null-co in place
     read_zeroes = False
 
     @classmethod
@@ -44,27 +45,29 @@ class NullCoNode(BlockNode):
     def drv_getlength(self) -> int:
         return self.size
 
-    def _delay(self) -> None:
+    async def _delay(self) -> None:
         if self.latency_ns:
-            scheduler.charge(self.latency_ns / 1000.0)
             time.sleep(self.latency_ns / 1e9)
+            await scheduler.io(self.latency_ns / 1000.0)
+        elif self.completes_via_bh:
+            await scheduler.io(0.0)
 
     async def drv_preadv(self, offset: int, buf: memoryview, flags: ReqFlags) -> None:
-        self._delay()
+        await self._delay()
         if self.read_zeroes:
             zero_fill(buf)
 
     async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
-        self._delay()
+        await self._delay()
 
     async def drv_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
-        self._delay()
+        await self._delay()
 
     async def drv_pdiscard(self, offset: int, length: int) -> None:
-        self._delay()
+        await self._delay()
 
     async def drv_flush_to_disk(self) -> None:
-        self._delay()
+        await self._delay()
 
     async def drv_block_status(
         self, offset: int, length: int, want_zero: bool
@@ -81,3 +84,4 @@ class NullCoNode(BlockNode):
 class NullAioNode(NullCoNode):
     format_name = "null-aio"
     protocol_name = "null-aio"
+    completes_via_bh = True

@@ -1,0 +1,998 @@
+"""The qcow2 format driver.
+
+Opening validates the header as QEMU does (same error texts), loads the L1 and refcount
+tables and sets up the metadata caches.  Reads resolve guest ranges into runs (data, zero,
+unallocated → backing file, compressed) through ``ClusterMap.get_host_offset``; writes
+allocate through ``ClusterMap.alloc_host_offset``, write the data together with the
+copy-on-write of the untouched parts of new clusters, and link L2 entries afterwards.  The
+node lock is released around data I/O, like QEMU's s->lock, so asynchronous requests and
+blkdebug breakpoints interleave the way they do in qemu-io.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from typing import Any
+
+from qio.block.coroutine import CoMutex
+from qio.block.node import BlockNode, BlockStatus, DriverInfo, ReqFlags, SpecificInfo, zero_fill
+from qio.block.open import open_child
+from qio.block.options import Options
+from qio.block.qcow2 import compress as codec
+from qio.block.qcow2.bitmaps import PersistentBitmaps
+from qio.block.qcow2.cache import TableCache
+from qio.block.qcow2.cluster import (
+    SC_COMPRESSED,
+    SC_NORMAL,
+    SC_UNALLOCATED_ALLOC,
+    SC_UNALLOCATED_PLAIN,
+    SC_ZERO_ALLOC,
+    SC_ZERO_PLAIN,
+    ClusterMap,
+    L2Meta,
+)
+from qio.block.qcow2.layout import (
+    AUTOCLEAR_KNOWN,
+    COMPRESSION_NAMES,
+    COMPRESSION_ZLIB,
+    COMPRESSION_ZSTD,
+    CRYPT_LUKS,
+    CRYPT_NONE,
+    FEATURE_INCOMPATIBLE,
+    INCOMPAT_COMPRESSION,
+    INCOMPAT_CORRUPT,
+    INCOMPAT_DIRTY,
+    INCOMPAT_KNOWN,
+    L1E_OFFSET_MASK,
+    MAX_L1_BYTES,
+    MAX_REFTABLE_BYTES,
+    QEMU_FEATURE_TABLE,
+    REFT_OFFSET_MASK,
+    CompressedGeometry,
+    Header,
+    LayoutError,
+    parse_header,
+    serialize_header,
+    vm_state_offset,
+)
+from qio.block.qcow2.refcount import DISCARD_ALWAYS, DISCARD_REQUEST, Refcounts
+from qio.errors import BlockError, OpenError
+
+DEFAULT_L2_CACHE_BYTES = 8 << 20
+MIN_REFCOUNT_CACHE_TABLES = 4
+MAX_SNAPSHOTS = 65536
+MAX_SNAPSHOT_EXTRA_DATA = 1024
+MAX_SNAPSHOTS_TABLE_BYTES = 1024 * MAX_SNAPSHOTS
+SNAPSHOT_HEADER = struct.Struct(">QIHHIIQII")
+PREALLOC_MODES = ("off", "metadata", "falloc", "full")
+COMPRESS_WORKERS = 8  # QCOW2_MAX_WORKERS: compressed clusters written in parallel
+
+
+def _unsupported_features(h: Header, mask: int) -> str:
+    names: list[str] = []
+    table = h.feature_names or []
+    for kind, bit, name in table:
+        if kind == FEATURE_INCOMPATIBLE and mask & (1 << bit):
+            names.append(name[:46])
+            mask &= ~(1 << bit)
+    if mask:
+        names.append(f"Unknown incompatible feature: {mask:x}")
+    return ", ".join(names)
+
+
+def _validate_table(
+    offset: int, entries: int, entry_len: int, max_bytes: int, cluster_size: int, name: str
+) -> None:
+    if entries > max_bytes // entry_len:
+        raise OpenError(f"{name} too large", errno.EFBIG)
+    if (1 << 63) - 1 - entries * entry_len < offset or offset % cluster_size:
+        raise OpenError(f"{name} offset invalid")
+
+
+class Qcow2Node(BlockNode):
+    format_name = "qcow2"
+    is_format = True
+    supports_backing = True
+
+    header: Header
+
+    # =====================================================================================
+    # Opening
+    # =====================================================================================
+    async def open(self, options: Options) -> None:
+        file = self.file
+        if file is None:
+            raise OpenError('A block device must be specified for "file"')
+        self.lock = CoMutex()
+        self.signaled_corruption = False
+        self.metadata: dict[int, str] | None = None
+        self.metadata_preallocation: bool | None = None
+        self.bitmaps = PersistentBitmaps(self)
+        await self._read_header(file)
+        h = self.header
+        self._apply_runtime_options(options)
+        self.cluster_bits = h.cluster_bits
+        self.cluster_size = h.cluster_size
+        self.compressed = CompressedGeometry.for_cluster_bits(h.cluster_bits)
+        self.map = ClusterMap(self)
+        self.pwrite_zeroes_alignment = self.map.subcluster_size
+        self.pdiscard_alignment = self.cluster_size
+        self.refcounts = Refcounts(self)
+        self.refcounts.discard_passthrough[DISCARD_REQUEST] = self._pass_discard_request
+        guest_clusters = -(-h.size // self.cluster_size)
+        tables_needed = -(-guest_clusters // h.l2_entries) + 2
+        l2_tables = max(4, min(self._l2_cache_bytes // self.cluster_size, tables_needed))
+        self.l2_cache = TableCache(self, "l2", l2_tables)
+        self.refblock_cache = TableCache(
+            self,
+            "refblock",
+            max(MIN_REFCOUNT_CACHE_TABLES, self._refcount_cache_bytes // self.cluster_size),
+        )
+        # Tables.
+        _validate_table(
+            h.refcount_table_offset,
+            h.refcount_table_clusters << (h.cluster_bits - 3),
+            8,
+            MAX_REFTABLE_BYTES,
+            self.cluster_size,
+            "Reference count table",
+        )
+        if h.refcount_table_clusters == 0:
+            raise OpenError("Image does not contain a reference count table")
+        _validate_table(
+            h.snapshots_offset,
+            h.nb_snapshots,
+            SNAPSHOT_HEADER.size,
+            SNAPSHOT_HEADER.size * MAX_SNAPSHOTS,
+            self.cluster_size,
+            "Snapshot table",
+        )
+        _validate_table(
+            h.l1_table_offset, h.l1_size, 8, MAX_L1_BYTES, self.cluster_size, "Active L1 table"
+        )
+        per_l1 = h.l2_entries * self.cluster_size
+        self.l1_vm_state_index = -(-h.size // per_l1)
+        if h.l1_size < self.l1_vm_state_index:
+            raise OpenError("L1 table is too small")
+        try:
+            await self.map.load_l1()
+        except BlockError as exc:
+            raise OpenError(f"Could not read L1 table: {exc.strerror}", exc.errno) from None
+        try:
+            await self.refcounts.load_table()
+        except BlockError as exc:
+            raise OpenError(f"Could not read refcount table: {exc.strerror}", exc.errno) from None
+        self.snapshot_l1s = await self._read_snapshot_l1s()
+        self.backing_file = h.backing_file
+        self.backing_format = h.backing_format
+        await self._open_data_file(options)
+        await self.bitmaps.load()
+        if self.flags.read_write:
+            if h.autoclear_features & ~AUTOCLEAR_KNOWN:
+                # Features we do not know cannot be kept consistent: clear their bits.
+                h.autoclear_features &= AUTOCLEAR_KNOWN
+                await self.update_header()
+            if h.incompatible_features & INCOMPAT_DIRTY:
+                await self._repair_dirty()
+        self.options.update({"file": file.node_name})
+
+    async def _read_header(self, file: BlockNode) -> None:
+        head = bytearray(min(1 << 21, max(4096, file.getlength())))
+        try:
+            await file.preadv(0, memoryview(head))
+        except BlockError as exc:
+            raise OpenError(f"Could not read qcow2 header: {exc.strerror}", exc.errno) from None
+        try:
+            h = parse_header(bytes(head))
+        except LayoutError as exc:
+            raise OpenError(exc.message, exc.errno) from None
+        if h.compression_type not in (COMPRESSION_ZLIB, COMPRESSION_ZSTD):
+            raise OpenError(f"qcow2: unknown compression type: {h.compression_type}", errno.ENOTSUP)
+        if (
+            h.compression_type == COMPRESSION_ZLIB
+            and h.incompatible_features & INCOMPAT_COMPRESSION
+        ):
+            raise OpenError("qcow2: Compression type incompatible feature bit must not be set")
+        if (
+            h.compression_type != COMPRESSION_ZLIB
+            and not h.incompatible_features & INCOMPAT_COMPRESSION
+        ):
+            raise OpenError("qcow2: Compression type incompatible feature bit must be set")
+        unknown = h.incompatible_features & ~INCOMPAT_KNOWN
+        if unknown:
+            raise OpenError(
+                f"Unsupported qcow2 feature(s): {_unsupported_features(h, unknown)}", errno.ENOTSUP
+            )
+        if h.incompatible_features & INCOMPAT_CORRUPT and self.flags.read_write:
+            raise OpenError("qcow2: Image is corrupt; cannot be opened read/write", errno.EACCES)
+        if h.extended_l2 and h.cluster_bits - 5 < 9:
+            raise OpenError(f"Unsupported subcluster size: {1 << (h.cluster_bits - 5)}")
+        if h.crypt_method > CRYPT_LUKS:
+            raise OpenError(f"Unsupported encryption method {h.crypt_method}")
+        if h.crypt_method != CRYPT_NONE:
+            raise OpenError("Encrypted qcow2 images are not supported by qio", errno.ENOTSUP)
+        self.header = h
+
+    def _apply_runtime_options(self, options: Options) -> None:
+        h = self.header
+        lazy = options.pop_bool("lazy-refcounts", h.lazy_refcounts)
+        if lazy and h.version < 3:
+            raise OpenError(
+                "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level"
+            )
+        self.lazy_refcounts_option = lazy
+        self._pass_discard_request = options.pop_bool("pass-discard-request", True)
+        options.pop("pass-discard-snapshot")
+        options.pop("pass-discard-other")
+        options.pop("discard-no-unref")
+        overlap = options.pop_str("overlap-check")
+        if overlap is not None and overlap not in ("none", "constant", "cached", "all"):
+            raise OpenError(
+                f"Unsupported value '{overlap}' for qcow2 option 'overlap-check'. Allowed are any of the following: none, constant, cached, all"
+            )
+        self.overlap_checks = overlap != "none"
+        for key in list(options):
+            if key.startswith("overlap-check."):
+                options.pop(key)
+        options.pop("cache-clean-interval")
+        cache_size = options.pop_size("cache-size", -1) if "cache-size" in options else None
+        l2_size = options.pop_size("l2-cache-size", -1) if "l2-cache-size" in options else None
+        ref_size = (
+            options.pop_size("refcount-cache-size", -1)
+            if "refcount-cache-size" in options
+            else None
+        )
+        entry = (
+            options.pop_size("l2-cache-entry-size", h.cluster_size)
+            if "l2-cache-entry-size" in options
+            else h.cluster_size
+        )
+        if entry < 512 or entry > h.cluster_size or entry & (entry - 1):
+            raise OpenError(
+                f"L2 cache entry size must be a power of two between 512 and the cluster size ({h.cluster_size})"
+            )
+        if cache_size is not None and l2_size is not None and ref_size is not None:
+            raise OpenError(
+                "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time"
+            )
+        self._l2_cache_bytes = l2_size if l2_size is not None else DEFAULT_L2_CACHE_BYTES
+        if cache_size is not None and l2_size is None:
+            self._l2_cache_bytes = max(
+                h.cluster_size * 2, cache_size - (ref_size or 4 * h.cluster_size)
+            )
+        self._refcount_cache_bytes = (
+            ref_size if ref_size is not None else MIN_REFCOUNT_CACHE_TABLES * h.cluster_size
+        )
+        for key in ("encrypt.key-secret", "encrypt.format"):
+            options.pop(key)
+
+    async def _open_data_file(self, options: Options) -> None:
+        h = self.header
+        child = await open_child(
+            self.context, None, options, "data-file", self.flags, allow_none=True
+        )
+        if h.has_data_file:
+            if child is None and h.data_file:
+                child = await open_child(
+                    self.context, h.data_file, Options(), "data-file", self.flags, allow_none=False
+                )
+            if child is None:
+                raise OpenError("'data-file' is required for this image")
+            self.attach("data-file", child)
+            self.data_file = child
+        else:
+            if child is not None:
+                raise OpenError("'data-file' can only be set for images with an external data file")
+            if h.data_file_raw:
+                raise OpenError("data-file-raw requires a data file")
+            assert self.file is not None
+            self.data_file = self.file
+
+    async def _read_snapshot_l1s(self) -> list[tuple[int, int]]:
+        """(L1 offset, entries) of every internal snapshot, validated as qcow2_read_snapshots
+        does (QEMU refuses to open an image whose snapshot table is damaged)."""
+        h = self.header
+        result: list[tuple[int, int]] = []
+        self.snapshot_table_bytes = 0
+        if not h.nb_snapshots:
+            return result
+        offset = h.snapshots_offset
+        for index in range(h.nb_snapshots):
+            offset = -(-offset // 8) * 8
+            raw = bytearray(SNAPSHOT_HEADER.size)
+            try:
+                await self.image_file.preadv(offset, memoryview(raw))
+            except BlockError as exc:
+                raise OpenError(
+                    f"Failed to read snapshot table: {exc.strerror}", exc.errno
+                ) from None
+            l1_offset, l1_size, id_len, name_len, _s, _ns, _clock, _vm, extra = (
+                SNAPSHOT_HEADER.unpack(raw)
+            )
+            if extra > MAX_SNAPSHOT_EXTRA_DATA:
+                raise OpenError(
+                    f"Too much extra metadata in snapshot table entry {index}\n"
+                    "You can force-remove this extra metadata with qemu-img check -r all",
+                    errno.EFBIG,
+                )
+            result.append((l1_offset, l1_size))
+            offset += SNAPSHOT_HEADER.size + extra + id_len + name_len
+            if offset - h.snapshots_offset > MAX_SNAPSHOTS_TABLE_BYTES:
+                raise OpenError(
+                    "Snapshot table is too big\n"
+                    f"You can force-remove all {h.nb_snapshots - index} overhanging snapshots with qemu-img check -r all",
+                    errno.EFBIG,
+                )
+        self.snapshot_table_bytes = offset - h.snapshots_offset
+        return result
+
+    async def _repair_dirty(self) -> None:
+        try:
+            from qio.block.qcow2.check import repair_dirty_image
+        except ImportError:
+            raise OpenError(
+                "Could not repair dirty image: qcow2 repair is not available", errno.EIO
+            ) from None
+        await repair_dirty_image(self)
+
+    # =====================================================================================
+    # Small shared services used by the cache, refcount and cluster modules
+    # =====================================================================================
+    @property
+    def image_file(self) -> BlockNode:
+        assert self.file is not None
+        return self.file
+
+    @property
+    def has_data_file(self) -> bool:
+        return self.header.has_data_file
+
+    @property
+    def use_lazy_refcounts(self) -> bool:
+        return self.lazy_refcounts_option and self.flags.read_write
+
+    @property
+    def needs_accurate_refcounts(self) -> bool:
+        return not self.header.incompatible_features & INCOMPAT_DIRTY
+
+    @property
+    def vm_state_offset(self) -> int:
+        return self.l1_vm_state_index * self.header.l2_entries * self.cluster_size
+
+    async def write_sync(self, offset: int, data: bytes) -> None:
+        """bdrv_pwrite_sync on the image file: write, then flush."""
+        await self.image_file.pwritev(offset, memoryview(data))
+        await self.image_file.flush()
+
+    async def update_header(self) -> None:
+        """Rewrite the first cluster (header, extensions, backing file name)."""
+        h = self.header
+        h.l1_size = self.map.l1_size if hasattr(self, "map") else h.l1_size
+        try:
+            blob = serialize_header(h)
+        except LayoutError as exc:
+            raise BlockError(exc.errno) from None
+        await self.image_file.pwritev(0, memoryview(blob + bytes(self.cluster_size - len(blob))))
+
+    async def mark_dirty(self) -> None:
+        h = self.header
+        if h.incompatible_features & INCOMPAT_DIRTY:
+            return
+        await self.write_sync(72, struct.pack(">Q", h.incompatible_features | INCOMPAT_DIRTY))
+        h.incompatible_features |= INCOMPAT_DIRTY
+
+    async def mark_clean(self) -> None:
+        h = self.header
+        if h.incompatible_features & INCOMPAT_DIRTY:
+            h.incompatible_features &= ~INCOMPAT_DIRTY
+            await self.flush_caches()
+            await self.update_header()
+
+    async def flush_caches(self) -> None:
+        await self.l2_cache.flush()
+        await self.refblock_cache.flush()
+
+    async def signal_corruption(self, fatal: bool, message: str) -> None:
+        """qcow2_signal_corruption: report once; a fatal one marks the image corrupt on disk
+        and takes it offline for the rest of the session."""
+        fatal = fatal and self.flags.read_write
+        h = self.header
+        if self.signaled_corruption and (not fatal or h.incompatible_features & INCOMPAT_CORRUPT):
+            return
+        if fatal:
+            self.context.err(
+                f"qcow2: Marking image as corrupt: {message}; further corruption events will be suppressed\n"
+            )
+            h.incompatible_features |= INCOMPAT_CORRUPT
+            self.context.offline = True
+            try:
+                await self.write_sync(72, struct.pack(">Q", h.incompatible_features))
+            except BlockError:
+                pass
+        else:
+            self.context.err(
+                f"qcow2: Image is corrupt: {message}; further non-fatal corruption events will be suppressed\n"
+            )
+        self.signaled_corruption = True
+
+    # -- metadata overlap checks (QEMU's overlap-check=cached) ---------------------------------
+    def _metadata_map(self) -> dict[int, str]:
+        if self.metadata is not None:
+            return self.metadata
+        cs = self.cluster_size
+        bits = self.cluster_bits
+        meta: dict[int, str] = {0: "qcow2_header"}
+
+        def add(offset: int, size: int, name: str) -> None:
+            for c in range(offset >> bits, (offset + max(size, 1) + cs - 1) >> bits):
+                meta.setdefault(c, name)
+
+        add(self.map.l1_offset, self.map.l1_size * 8, "active L1 table")
+        add(self.refcounts.table_offset, self.refcounts.table_clusters * cs, "refcount table")
+        for entry in self.refcounts.table:
+            if entry & REFT_OFFSET_MASK:
+                add(entry & REFT_OFFSET_MASK, cs, "refcount block")
+        for entry in self.map.l1_table:
+            if entry & L1E_OFFSET_MASK:
+                add(entry & L1E_OFFSET_MASK, cs, "active L2 table")
+        if self.header.nb_snapshots:
+            add(
+                self.header.snapshots_offset,
+                getattr(self, "snapshot_table_bytes", cs),
+                "snapshot table",
+            )
+            for l1_offset, l1_size in self.snapshot_l1s:
+                add(l1_offset, l1_size * 8, "inactive L1 table")
+        self.metadata = meta
+        return meta
+
+    def metadata_changed(self) -> None:
+        self.metadata = None
+
+    def add_metadata_cluster(self, offset: int, name: str) -> None:
+        if self.metadata is not None:
+            self.metadata[offset >> self.cluster_bits] = name
+
+    def forget_metadata_cluster(self, offset: int) -> None:
+        if self.metadata is not None and offset >> self.cluster_bits != 0:
+            self.metadata.pop(offset >> self.cluster_bits, None)
+
+    async def check_metadata_write(self, offset: int, size: int, writing: str | None) -> None:
+        """qcow2_pre_write_overlap_check: refuse a write that would land on metadata."""
+        if not self.overlap_checks or self.has_data_file and writing == "data":
+            return
+        meta = self._metadata_map()
+        allowed = {
+            "l2": "active L2 table",
+            "refblock": "refcount block",
+            "l1": "active L1 table",
+        }.get(writing or "")
+        for c in range(
+            offset >> self.cluster_bits, (offset + max(size, 1) - 1 >> self.cluster_bits) + 1
+        ):
+            name = meta.get(c)
+            if name is not None and name != allowed:
+                await self.signal_corruption(
+                    True, f"Preventing invalid write on metadata (overlaps with {name})"
+                )
+                raise BlockError(errno.EIO)
+
+    # =====================================================================================
+    # Reading
+    # =====================================================================================
+    def drv_getlength(self) -> int:
+        return self.header.size
+
+    def note_write(self, offset: int, length: int) -> None:
+        self.bitmaps.mark(offset, length)
+
+    async def drv_preadv(self, offset: int, buf: memoryview, flags: ReqFlags) -> None:
+        pos = 0
+        total = len(buf)
+        while pos < total:
+            await self.lock.acquire()
+            try:
+                run = await self.map.get_host_offset(offset + pos, total - pos)
+            finally:
+                self.lock.release()
+            n = run.length
+            part = buf[pos : pos + n]
+            kind = run.type
+            if kind in (SC_ZERO_PLAIN, SC_ZERO_ALLOC) or (
+                kind in (SC_UNALLOCATED_PLAIN, SC_UNALLOCATED_ALLOC) and self.backing is None
+            ):
+                zero_fill(part)
+            elif kind in (SC_UNALLOCATED_PLAIN, SC_UNALLOCATED_ALLOC):
+                await self.fire("read_backing_aio")
+                assert self.backing is not None
+                await self.backing.preadv(offset + pos, part)
+            elif kind == SC_COMPRESSED:
+                await self._read_compressed(run.host_offset, offset + pos, part)
+            else:
+                await self.fire("read_aio")
+                await self.data_file.preadv(run.host_offset, part)
+            pos += n
+
+    async def _read_compressed(self, entry: int, offset: int, out: memoryview) -> None:
+        coffset, csize = self.compressed.parse(entry)
+        raw = bytearray(csize)
+        await self.fire("read_compressed")
+        await self.image_file.preadv(coffset, memoryview(raw))
+        try:
+            data = codec.decompress(bytes(raw), self.header.compression_type, self.cluster_size)
+        except codec.CompressionError:
+            raise BlockError(errno.EIO) from None
+        start = offset % self.cluster_size
+        out[:] = data[start : start + len(out)]
+
+    # =====================================================================================
+    # Writing
+    # =====================================================================================
+    async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+        if self.context.offline:
+            raise BlockError(errno.ENOMEDIUM)
+        pos = 0
+        total = len(data)
+        while pos < total:
+            await self.lock.acquire()
+            try:
+                host, n, metas = await self.map.alloc_host_offset(offset + pos, total - pos)
+                try:
+                    await self.check_metadata_write(host, n, "data")
+                except BlockError:
+                    for meta in metas:
+                        await self.map.abort_meta(meta)
+                        self.map.finish_meta(meta)
+                    raise
+            except BlockError:
+                self.lock.release()
+                raise
+            self.lock.release()
+            await self._write_task(host, offset + pos, data[pos : pos + n], metas, flags)
+            pos += n
+
+    async def _write_task(
+        self, host: int, offset: int, data: memoryview, metas: list[L2Meta], flags: ReqFlags
+    ) -> None:
+        merged = self._merge_cow(offset, len(data), metas)
+        try:
+            if merged is None:
+                await self.fire("write_aio")
+                await self.data_file.pwritev(host, data, flags & ReqFlags.FUA)
+            await self.lock.acquire()
+        except BlockError:
+            await self.lock.acquire()
+            for meta in metas:
+                await self.map.abort_meta(meta)
+                self.map.finish_meta(meta)
+            self.lock.release()
+            raise
+        try:
+            for meta in metas:
+                try:
+                    await self._perform_cow(meta, data if meta is merged else None)
+                    await self.map.link_l2(meta)
+                except BlockError:
+                    await self.map.abort_meta(meta)
+                    raise
+                finally:
+                    self.map.finish_meta(meta)
+        finally:
+            self.lock.release()
+
+    @staticmethod
+    def _merge_cow(offset: int, nbytes: int, metas: list[L2Meta]) -> L2Meta | None:
+        for meta in metas:
+            if not meta.cow_start.nb_bytes and not meta.cow_end.nb_bytes:
+                continue
+            if meta.cow_start_abs + meta.cow_start.nb_bytes != offset:
+                continue
+            if meta.guest_offset + meta.cow_end.offset != offset + nbytes:
+                continue
+            return meta
+        return None
+
+    async def _perform_cow(self, meta: L2Meta, data: memoryview | None) -> None:
+        """Copy the untouched parts of newly allocated (sub)clusters; write them (with the
+        guest data when it could be merged into one write)."""
+        start, end = meta.cow_start, meta.cow_end
+        if not start.nb_bytes and not end.nb_bytes:
+            return
+        self.lock.release()
+        try:
+            head = bytearray(start.nb_bytes)
+            tail = bytearray(end.nb_bytes)
+            if head:
+                await self.fire("cow_read")
+                await self.drv_preadv(
+                    meta.guest_offset + start.offset, memoryview(head), ReqFlags.NONE
+                )
+            if tail:
+                await self.fire("cow_read")
+                await self.drv_preadv(
+                    meta.guest_offset + end.offset, memoryview(tail), ReqFlags.NONE
+                )
+            if data is not None:
+                await self.fire("write_aio")
+                blob = memoryview(bytes(head) + bytes(data) + bytes(tail))
+                await self._cow_write(meta.alloc_offset + start.offset, blob)
+            else:
+                if head:
+                    await self._cow_write(meta.alloc_offset + start.offset, memoryview(head))
+                if tail:
+                    await self._cow_write(meta.alloc_offset + end.offset, memoryview(tail))
+        finally:
+            await self.lock.acquire()
+
+    async def _cow_write(self, host: int, blob: memoryview) -> None:
+        await self.check_metadata_write(host, len(blob), "data")
+        await self.fire("cow_write")
+        await self.data_file.pwritev(host, blob)
+
+    async def drv_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
+        if self.context.offline:
+            raise BlockError(errno.ENOMEDIUM)
+        sc = self.map.subcluster_size
+        head = offset % sc
+        tail = -(offset + length) % sc
+        if offset + length == self.getlength():
+            tail = 0
+        if head or tail:
+            # A piece of one subcluster: fine only when the rest already reads as zeros.
+            if not (
+                await self._is_zero(offset - head, head)
+                and await self._is_zero(offset + length, tail)
+            ):
+                raise BlockError(errno.ENOTSUP)
+            await self.lock.acquire()
+            try:
+                offset -= head
+                run = await self.map.get_host_offset(offset, sc)
+                if run.type not in (
+                    SC_UNALLOCATED_PLAIN,
+                    SC_UNALLOCATED_ALLOC,
+                    SC_ZERO_PLAIN,
+                    SC_ZERO_ALLOC,
+                ):
+                    raise BlockError(errno.ENOTSUP)
+                await self.map.zeroize(offset, sc, bool(flags & ReqFlags.MAY_UNMAP))
+            finally:
+                self.lock.release()
+            return
+        await self.lock.acquire()
+        try:
+            await self.map.zeroize(offset, length, bool(flags & ReqFlags.MAY_UNMAP))
+        finally:
+            self.lock.release()
+
+    async def _is_zero(self, offset: int, length: int) -> bool:
+        """Does [offset, offset+length) read as zeros (by metadata, not by reading data)?"""
+        if length == 0:
+            return True
+        end = min(offset + length, self.getlength())
+        while offset < end:
+            status = await self.block_status_above(offset, end - offset)
+            if not status.zero or status.length == 0:
+                return False
+            offset += status.length
+        return True
+
+    async def block_status_above(self, offset: int, length: int) -> BlockStatus:
+        """Status through the backing chain (bdrv_block_status_above with want_zero)."""
+        node: BlockNode | None = self
+        while node is not None:
+            status = await node.block_status(offset, length, want_zero=True)
+            if (
+                status.allocated
+                or status.length == 0
+                or not node.supports_backing
+                or node.backing is None
+            ):
+                return status
+            length = status.length
+            node = node.backing
+        return BlockStatus(length, zero=True)
+
+    async def drv_pdiscard(self, offset: int, length: int) -> None:
+        if self.header.version < 3 and self.backing is not None:
+            raise BlockError(errno.ENOTSUP)
+        cs = self.cluster_size
+        if (offset | length) % cs:
+            if offset % cs or offset + length != self.getlength():
+                raise BlockError(errno.ENOTSUP)
+        await self.lock.acquire()
+        try:
+            await self.map.discard(offset, length, DISCARD_REQUEST, False)
+        finally:
+            self.lock.release()
+
+    async def drv_pwrite_compressed(self, offset: int, data: memoryview) -> None:
+        if self.has_data_file:
+            raise BlockError(errno.ENOTSUP)
+        cs = self.cluster_size
+        length = len(data)
+        if length == 0:
+            return
+        if offset % cs:
+            raise BlockError(errno.EINVAL)
+        if length % cs and offset + length != self.getlength():
+            raise BlockError(errno.EINVAL)
+        # QEMU compresses clusters in parallel tasks (up to 8 in flight): a cluster that fails
+        # does not stop the ones already submitted, only those that would start later.
+        first_error: BlockError | None = None
+        failed_at = -1
+        for index, pos in enumerate(range(0, length, cs)):
+            if first_error is not None and index >= failed_at + COMPRESS_WORKERS:
+                break
+            try:
+                await self._write_compressed_cluster(offset + pos, bytes(data[pos : pos + cs]))
+            except BlockError as exc:
+                if first_error is None:
+                    first_error, failed_at = exc, index
+        if first_error is not None:
+            raise first_error
+
+    async def _write_compressed_cluster(self, offset: int, chunk: bytes) -> None:
+        cs = self.cluster_size
+        padded = chunk + bytes(cs - len(chunk))
+        out = codec.compress(padded, self.header.compression_type, cs - 1)
+        if out is None:
+            await self.drv_pwritev(offset, memoryview(chunk), ReqFlags.NONE)
+            return
+        await self.lock.acquire()
+        try:
+            host = await self.map.alloc_compressed(offset, len(out))
+            await self.check_metadata_write(host, len(out), "data")
+        finally:
+            self.lock.release()
+        await self.fire("write_compressed")
+        await self.data_file.pwritev(host, memoryview(out))
+
+    async def drv_load_vmstate(self, offset: int, buf: memoryview) -> None:
+        await self.drv_preadv(self.vm_state_offset + offset, buf, ReqFlags.NONE)
+
+    async def drv_save_vmstate(self, offset: int, data: memoryview) -> None:
+        await self.drv_pwritev(self.vm_state_offset + offset, data, ReqFlags.NONE)
+
+    # =====================================================================================
+    # Flush, truncate, close
+    # =====================================================================================
+    async def drv_flush_to_os(self) -> None:
+        await self.lock.acquire()
+        try:
+            await self.l2_cache.write()
+            if self.needs_accurate_refcounts:
+                await self.refblock_cache.write()
+        finally:
+            self.lock.release()
+
+    async def drv_truncate(self, length: int, exact: bool, prealloc: str) -> None:
+        if prealloc not in PREALLOC_MODES:
+            raise OpenError(f"Unsupported preallocation mode '{prealloc}'", errno.ENOTSUP)
+        if length % 512:
+            raise OpenError("The new size must be a multiple of 512")
+        h = self.header
+        if h.nb_snapshots and h.version < 3:
+            raise OpenError("Can't resize a v2 image which has snapshots", errno.ENOTSUP)
+        await self.lock.acquire()
+        try:
+            old_length = self.getlength()
+            per_l1 = h.l2_entries * self.cluster_size
+            new_l1 = -(-length // per_l1)
+            if length < old_length:
+                if prealloc != "off":
+                    raise OpenError("Preallocation can't be used for shrinking an image")
+                if h.nb_snapshots:
+                    raise OpenError("Can't shrink an image with internal snapshots", errno.ENOTSUP)
+                start = -(-length // self.cluster_size) * self.cluster_size
+                try:
+                    if old_length > start:
+                        await self.map.discard(start, old_length - start, DISCARD_ALWAYS, True)
+                except BlockError as exc:
+                    raise OpenError(
+                        f"Failed to discard cropped clusters: {exc.strerror}", exc.errno
+                    ) from None
+                try:
+                    await self.map.shrink_l1_table(new_l1)
+                except BlockError as exc:
+                    raise OpenError(
+                        f"Failed to reduce the number of L2 tables: {exc.strerror}", exc.errno
+                    ) from None
+            else:
+                try:
+                    await self.map.grow_l1_table(new_l1, True)
+                except BlockError as exc:
+                    raise OpenError(
+                        f"Failed to grow the L1 table: {exc.strerror}", exc.errno
+                    ) from None
+            if prealloc == "off" and self.has_data_file and self.data_file is not self.file:
+                await self.data_file.truncate(length, exact, "off")
+            try:
+                await self.write_sync(24, struct.pack(">Q", length))
+            except BlockError as exc:
+                raise OpenError(
+                    f"Failed to update the image size: {exc.strerror}", exc.errno
+                ) from None
+            h.size = length
+            self.l1_vm_state_index = new_l1
+        finally:
+            self.lock.release()
+        if length > old_length and prealloc != "off":
+            await self._preallocate(old_length, length, prealloc)
+
+    async def _preallocate(self, start: int, end: int, mode: str) -> None:
+        """Allocate clusters (and for falloc/full, host space) for guest [start, end)."""
+        pos = start
+        while pos < end:
+            await self.lock.acquire()
+            try:
+                host, n, metas = await self.map.alloc_host_offset(pos, end - pos)
+                for meta in metas:
+                    # Preallocation links clusters without writing or copying data.
+                    meta.prealloc = True
+                    meta.cow_start.nb_bytes = meta.cow_end.nb_bytes = 0
+                    await self.map.link_l2(meta)
+                    self.map.finish_meta(meta)
+            finally:
+                self.lock.release()
+            if mode in ("falloc", "full"):
+                await self.data_file.pwrite_zeroes(host, n)
+            last_host_end = host + n
+            pos += n
+        if self.data_file.getlength() < last_host_end:
+            await self.data_file.truncate(
+                last_host_end, False, "off" if mode == "metadata" else mode
+            )
+        await self.flush()
+
+    async def drv_close(self) -> None:
+        if not self.flags.read_write or self.context.offline or not hasattr(self, "refblock_cache"):
+            return  # read-only, taken offline, or the open failed before caches existed
+        errors: list[str] = []
+        try:
+            await self.bitmaps.store()
+        except BlockError as exc:
+            errors.append(
+                f"{self.context.program}: Lost persistent bitmaps during inactivation of node "
+                f"'{self.node_name}': {exc.strerror}\n",
+            )
+        for cache, label in (
+            (self.l2_cache, "L2 table cache"),
+            (self.refblock_cache, "refcount block cache"),
+        ):
+            try:
+                await cache.flush()
+            except BlockError as exc:
+                errors.append(
+                    f"{self.context.program}: Failed to flush the {label}: {exc.strerror}\n"
+                )
+        for text in errors:
+            self.context.err(text)
+        if not errors:
+            try:
+                await self.mark_clean()
+            except BlockError:
+                pass
+
+    async def drv_reopen(self, options: Options, read_write: bool) -> None:
+        if "lazy-refcounts" in options:
+            lazy = options.pop_bool("lazy-refcounts", self.lazy_refcounts_option)
+            if lazy and self.header.version < 3:
+                raise OpenError(
+                    "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level"
+                )
+            if (
+                not lazy
+                and self.lazy_refcounts_option
+                and self.header.incompatible_features & INCOMPAT_DIRTY
+            ):
+                await self.flush_caches()
+                await self.mark_clean()
+            self.lazy_refcounts_option = lazy
+        for key in (
+            "pass-discard-request",
+            "pass-discard-snapshot",
+            "pass-discard-other",
+            "overlap-check",
+            "cache-size",
+            "l2-cache-size",
+            "refcount-cache-size",
+            "cache-clean-interval",
+        ):
+            if key in options:
+                value = options.pop(key)
+                if key == "pass-discard-request":
+                    self.refcounts.discard_passthrough[DISCARD_REQUEST] = str(value) in (
+                        "on",
+                        "true",
+                        "True",
+                    )
+        if self.header.incompatible_features & INCOMPAT_CORRUPT and read_write:
+            raise OpenError("qcow2: Image is corrupt; cannot be opened read/write", errno.EACCES)
+        if not read_write and self.flags.read_write:
+            await self.flush_caches()
+            await self.mark_clean()
+
+    # =====================================================================================
+    # Status and information
+    # =====================================================================================
+    async def drv_block_status(
+        self, offset: int, length: int, want_zero: bool
+    ) -> BlockStatus | None:
+        await self.lock.acquire()
+        try:
+            if self.metadata_preallocation is None:
+                self.metadata_preallocation = await self._detect_metadata_preallocation()
+            run = await self.map.get_host_offset(offset, min(length, (1 << 31) - 1))
+        finally:
+            self.lock.release()
+        status = BlockStatus(run.length)
+        if run.type in (SC_NORMAL, SC_ZERO_ALLOC, SC_UNALLOCATED_ALLOC):
+            status.offset = run.host_offset
+            status.node = self.data_file
+        if run.type in (SC_ZERO_PLAIN, SC_ZERO_ALLOC):
+            status.zero = True
+        elif run.type not in (SC_UNALLOCATED_PLAIN, SC_UNALLOCATED_ALLOC):
+            status.data = True
+        status.compressed = run.type == SC_COMPRESSED
+        if self.metadata_preallocation and status.data and status.node is not None:
+            status.recurse = True
+        if self.header.data_file_raw and status.node is not None:
+            status.raw = True
+        return status
+
+    async def _detect_metadata_preallocation(self) -> bool:
+        """Are more clusters refcounted than the file really has allocated (preallocation=
+        metadata)?  Then data clusters may be holes that read as zeros."""
+        allocated = self.image_file.allocated_file_size()
+        if allocated is None:
+            return False
+        real_clusters = allocated // self.cluster_size
+        threshold = max(real_clusters * 10 // 9, real_clusters + 2)
+        end_cluster = -(-self.image_file.getlength() // self.cluster_size)
+        count = 0
+        for index in range(end_cluster):
+            if count >= threshold:
+                break
+            try:
+                count += 1 if await self.refcounts.get(index) else 0
+            except BlockError:
+                return False
+        return count >= threshold
+
+    def drv_get_info(self) -> DriverInfo | None:
+        return DriverInfo(
+            self.cluster_size,
+            vm_state_offset(self.header),
+            bool(self.header.incompatible_features & INCOMPAT_DIRTY),
+        )
+
+    def specific_info(self) -> SpecificInfo | None:
+        h = self.header
+        fields: list[tuple[str, Any]] = []
+        if h.version == 2:
+            fields = [
+                ("compat", "0.10"),
+                ("compression-type", "zlib"),
+                ("refcount-bits", h.refcount_bits),
+            ]
+            return SpecificInfo("qcow2", fields)
+        fields.append(("compat", "1.1"))
+        fields.append(
+            ("compression-type", COMPRESSION_NAMES.get(h.compression_type, str(h.compression_type)))
+        )
+        fields.append(("lazy-refcounts", h.lazy_refcounts))
+        bitmaps = self.bitmaps.info()
+        if bitmaps:
+            fields.append(("bitmaps", bitmaps))
+        fields.append(("refcount-bits", h.refcount_bits))
+        if h.has_data_file:
+            fields.append(("data-file", h.data_file))
+            fields.append(("data-file-raw", h.data_file_raw))
+        fields.append(("corrupt", bool(h.incompatible_features & INCOMPAT_CORRUPT)))
+        fields.append(("extended-l2", h.extended_l2))
+        return SpecificInfo("qcow2", fields)
+
+
+__all__ = ["Qcow2Node", "QEMU_FEATURE_TABLE"]

@@ -36,11 +36,15 @@ def graph(root: BlockNode, role: str | None = None) -> GraphNode:
 
 
 def _own_options(node: BlockNode) -> dict[str, Any]:
-    roles = tuple(f"{name}." for name in node.children) + ("inject-error.", "set-state.")
+    """The node's options, without those that only say which children it has."""
+    prefixes = tuple(f"{name}." for name in node.children) + ("inject-error.", "set-state.")
     return {
         key: value
         for key, value in node.options.items()
-        if key not in _HIDDEN_OPTIONS and not key.startswith(roles) and value is not None
+        if key not in _HIDDEN_OPTIONS
+        and key not in node.children
+        and not key.startswith(prefixes)
+        and value is not None
     }
 
 

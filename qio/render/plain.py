@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from qio.block.open import Notice
 from qio.numbers import cvtstr, report_lines
@@ -17,6 +18,31 @@ from qio.results import (
     TransferReport,
     VerifyResult,
 )
+
+if TYPE_CHECKING:
+    from qio.commands.table import Command
+
+
+class Progress:
+    """Progress of one streamed request.  This one shows nothing (pipes, scripts, tests);
+    the terminal renderer's draws a bar on stderr."""
+
+    def update(self, done: int) -> None:
+        """``done`` bytes of the request are complete."""
+
+    def close(self) -> None:
+        """The request ended (completed, failed or interrupted)."""
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def dump_specific(fields: list[tuple[str, Any]], indent: int) -> str:
@@ -70,6 +96,10 @@ class PlainRenderer:
     def flush(self) -> None:
         self.console.flush()
 
+    def progress(self, verb: str, total: int, enabled: bool = True) -> Progress:
+        """A progress sink for a streamed request of ``total`` bytes (qemu-io shows none)."""
+        return Progress()
+
     # -- results ---------------------------------------------------------------------------
     def transfer(self, r: TransferReport) -> None:
         self.console.out.write(
@@ -81,6 +111,11 @@ class PlainRenderer:
 
     def pattern_mismatch(self, m: PatternMismatch) -> None:
         self.message(f"Pattern verification failed at offset {m.offset}, {m.length} bytes")
+
+    def map(self, runs: list[MapRun]) -> None:
+        """The whole ``map`` output: one line per run."""
+        for run in runs:
+            self.map_run(run)
 
     def map_run(self, r: MapRun) -> None:
         status = "    allocated" if r.allocated else "not allocated"
@@ -103,6 +138,15 @@ class PlainRenderer:
             if r.specific is not None:
                 text += "Format specific information:\n" + dump_specific(r.specific, 4)
         self.out(text)
+
+    def help_list(self, commands: list[Command]) -> None:
+        """``help``: every command's line, sorted by name, then the hint."""
+        lines = [c.help_line() for c in commands]
+        self.out("\n".join(lines) + "\n\nUse 'help commandname' for extended help.\n")
+
+    def help_command(self, cmd: Command, as_name: str) -> None:
+        """``help NAME``: the usage line (with the name as typed) and the long help."""
+        self.out(cmd.help_line(as_name) + "\n" + (cmd.help or ""))
 
     def mismatch(self, m: Mismatch, fatal: bool) -> None:
         if fatal:

@@ -70,7 +70,14 @@ def _dump_value(label: str, value: Any, indent: int) -> str:
 
 
 class PlainRenderer:
-    """Draws results as qemu-io's text.  Subclassed by the terminal renderer."""
+    """Draws results as qemu-io's text.  Subclassed by the terminal renderer.
+
+    Every byte leaves through ``out``, ``out_bytes`` or ``err``, so a subclass that must
+    tidy the screen before output (the terminal renderer's progress bar) has three doors
+    to watch.
+    """
+
+    styled = False  # True for renderers that draw with colour (the shell matches them)
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -79,19 +86,25 @@ class PlainRenderer:
     def out(self, text: str) -> None:
         self.console.out.write(text)
 
+    def out_bytes(self, data: bytes) -> None:
+        self.console.out.write_bytes(data)
+
     def err(self, text: str) -> None:
         self.console.err.write(text)
 
     def message(self, line: str) -> None:
         """A line qemu-io prints on stdout (most per-command failures)."""
-        self.console.out.write(line + "\n")
+        self.out(line + "\n")
 
     def error(self, line: str) -> None:
         """A line qemu-io prints on stderr."""
-        self.console.err.write(line + "\n")
+        self.err(line + "\n")
 
     def notice(self, notice: Notice) -> None:
-        (self.console.out if notice.stream == "out" else self.console.err).write(notice.text)
+        if notice.stream == "out":
+            self.out(notice.text)
+        else:
+            self.err(notice.text)
 
     def flush(self) -> None:
         self.console.flush()
@@ -102,12 +115,10 @@ class PlainRenderer:
 
     # -- results ---------------------------------------------------------------------------
     def transfer(self, r: TransferReport) -> None:
-        self.console.out.write(
-            report_lines(r.verb, r.seconds, r.offset, r.count, r.total, r.ops, r.machine)
-        )
+        self.out(report_lines(r.verb, r.seconds, r.offset, r.count, r.total, r.ops, r.machine))
 
     def hexdump(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        self.console.out.write_bytes(hexdump_bytes(data, offset))
+        self.out_bytes(hexdump_bytes(data, offset))
 
     def pattern_mismatch(self, m: PatternMismatch) -> None:
         self.message(f"Pattern verification failed at offset {m.offset}, {m.length} bytes")

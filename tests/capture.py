@@ -12,7 +12,9 @@ from qio.output import Console, Stream
 
 REPO = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-TIMING = re.compile(r"\d+\.\d\d sec|\d+:\d\d:\d\d\.\d\d|\(([0-9.]+ [A-Za-z]+/sec) and [0-9.]+ ops/sec\)")
+TIMING = re.compile(
+    r"\d+\.\d\d sec|\d+:\d\d:\d\d\.\d\d|\(([0-9.]+ [A-Za-z]+/sec) and [0-9.]+ ops/sec\)"
+)
 
 
 class CaptureStream(Stream):
@@ -59,7 +61,9 @@ def qio_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_qio(args: list[str], cwd: Path, stdin: bytes = b"", **env: str) -> subprocess.CompletedProcess[bytes]:
+def run_qio(
+    args: list[str], cwd: Path, stdin: bytes = b"", **env: str
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "qio", *args],
         cwd=cwd,

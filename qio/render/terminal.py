@@ -77,8 +77,8 @@ def run_kind(run: MapRun) -> str:
 
 
 def map_bar_kinds(runs: list[MapRun], width: int) -> list[str]:
-    """One kind per bar cell.  A cell shows the kind covering most of it, except that any
-    allocated, zero or backing bytes win over "not allocated", so small writes stay visible."""
+    """One kind per bar cell: the most telling kind present anywhere in the cell (data, then
+    zero, then backing, then not allocated), so a 4 KiB write in a huge image still shows."""
     total = sum(r.length for r in runs)
     if total == 0 or width <= 0:
         return []
@@ -87,20 +87,14 @@ def map_bar_kinds(runs: list[MapRun], width: int) -> list[str]:
     for cell in range(width):
         lo = total * cell // width
         hi = max(total * (cell + 1) // width, lo + 1)
-        cover: dict[str, int] = {}
         while i < len(runs) and runs[i].offset + runs[i].length <= lo:
             i += 1
+        present: set[str] = set()
         j = i
         while j < len(runs) and runs[j].offset < hi:
-            r = runs[j]
-            overlap = min(hi, r.offset + r.length) - max(lo, r.offset)
-            if overlap > 0:
-                kind = run_kind(r)
-                cover[kind] = cover.get(kind, 0) + overlap
+            present.add(run_kind(runs[j]))
             j += 1
-        visible = {k: v for k, v in cover.items() if k != "unallocated"}
-        pool = visible or cover
-        cells.append(max(pool, key=lambda k: pool[k]) if pool else "unallocated")
+        cells.append(next((k for k in MAP_KINDS if k in present), "unallocated"))
     return cells
 
 
@@ -168,6 +162,7 @@ class TerminalRenderer(PlainRenderer):
             markup=False,
             legacy_windows=False,
         )
+        self._codes: dict[str, tuple[str, str]] = {}
         self.dumper = ColorDump(
             self.style_codes, collapse_requested() if collapse is None else collapse
         )
@@ -206,10 +201,13 @@ class TerminalRenderer(PlainRenderer):
         """The escape codes rich uses around text in ``style`` (empty without colour)."""
         if not style:
             return "", ""
-        with self.rich.capture() as capture:
-            self.rich.print(Text("X", style=style), end="")
-        pre, _, post = capture.get().partition("X")
-        return pre, post
+        codes = self._codes.get(style)
+        if codes is None:
+            with self.rich.capture() as capture:
+                self.rich.print(Text("X", style=style), end="")
+            pre, _, post = capture.get().partition("X")
+            codes = self._codes[style] = (pre, post)
+        return codes
 
     # -- the output doors: tidy the screen first -------------------------------------------
     def _settle(self) -> None:

@@ -137,9 +137,12 @@ def make_prompt_session(
         output=output,
     )
 
+    def columns() -> int:
+        return prompt.app.output.get_size().columns
+
     def bottom_toolbar() -> StyleAndTextTuples:
         return [
-            ("class:bottom-toolbar", " " + toolbar_text(session)),
+            ("class:bottom-toolbar", " " + toolbar_text(session, columns() - 1)),
             ("class:bottom-toolbar", "\n"),
             ("class:bottom-toolbar.hint", " " + hint_text(prompt)),
         ]
@@ -156,7 +159,9 @@ def hint_text(prompt: PromptSession[str]) -> str:
         c = state.current_completion
         meta = c.display_meta_text
         return f"{c.display_text}: {meta}" if meta else c.display_text
-    words = current_command(buffer.document.text_before_cursor).split()
+    doc = buffer.document
+    # the command the cursor is in (the cursor may sit at its start, after a Ctrl-R search)
+    words = (current_command(doc.text_before_cursor) + doc.text_after_cursor.split(";")[0]).split()
     if words:
         cmd = table.find(words[0])
         if cmd is not None:

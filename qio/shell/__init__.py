@@ -28,7 +28,7 @@ from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import Input
-from prompt_toolkit.output import ColorDepth, Output
+from prompt_toolkit.output import ColorDepth, Output, create_output
 from prompt_toolkit.styles import Style
 
 from qio.block.coroutine import scheduler
@@ -126,6 +126,10 @@ def make_prompt_session(
     history_file: Path | None = None,
 ) -> PromptSession[str]:
     history = open_history(session, history_file or history_path())
+    if output is None:
+        # With stdout redirected (``qio img > log``) the editor draws on the terminal that
+        # stderr still is, so the file receives command output only.
+        output = create_output(always_prefer_tty=True)
     prompt: PromptSession[str] = PromptSession(
         history=history,
         completer=QioCompleter(session),

@@ -85,8 +85,8 @@ def tmux(tmp_path: Path) -> Iterator[Tmux]:
         "remain-on-exit",
         "on",
     )
-    t.wait_for(lambda s: s.startswith("qio>") and "mismatches" in s, "the prompt")
     try:
+        t.wait_for(lambda s: s.startswith("qio>") and "mismatches" in s, "the prompt")
         yield t
     finally:
         t("kill-server")

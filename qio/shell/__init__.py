@@ -165,7 +165,8 @@ def hint_text(prompt: PromptSession[str]) -> str:
         return f"{c.display_text}: {meta}" if meta else c.display_text
     doc = buffer.document
     # the command the cursor is in (the cursor may sit at its start, after a Ctrl-R search)
-    words = (current_command(doc.text_before_cursor) + doc.text_after_cursor.split(";")[0]).split()
+    text = current_command(doc.text_before_cursor) + doc.text_after_cursor.split(";")[0]
+    words = [w for w in text.split(" ") if w]  # qemu-io splits on spaces only
     if words:
         cmd = table.find(words[0])
         if cmd is not None:
@@ -193,5 +194,8 @@ def run_shell(
         except EOFError:
             session.r.out("\n")  # as qemu-io: Ctrl-D leaves the terminal on a fresh line
             break
-        run_shell_line(session, line)
+        try:
+            run_shell_line(session, line)
+        except KeyboardInterrupt:
+            continue  # Ctrl-C in the instant between two commands of the line
     session.r.flush()

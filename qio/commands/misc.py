@@ -27,14 +27,13 @@ NSIG = 65  # glibc's NSIG on Linux
 )
 def help_f(s: Session, argv: list[str]) -> int:
     if len(argv) == 1:
-        lines = [c.help_line() for c in table.all_commands()]
-        s.r.out("\n".join(lines) + "\n\nUse 'help commandname' for extended help.\n")
+        s.r.help_list(table.all_commands())
         return 0
     cmd = table.find(argv[1])
     if cmd is None:
         s.r.message(f"command {argv[1]} not found")
         return -errno.EINVAL
-    s.r.out(cmd.help_line(argv[1]) + "\n" + (cmd.help or ""))
+    s.r.help_command(cmd, argv[1])
     return 0
 
 

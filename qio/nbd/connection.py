@@ -383,9 +383,10 @@ class Connection:
             p.CMD_TRIM,
             p.CMD_WRITE_ZEROES,
             p.CMD_BLOCK_STATUS,
+            p.CMD_CACHE,
         ):
             raise CommandError(errno.EINVAL, f"unsupported command {kind}")
-        if kind == p.CMD_READ and request.length > p.MAX_BUFFER_SIZE:
+        if kind in (p.CMD_READ, p.CMD_CACHE) and request.length > p.MAX_BUFFER_SIZE:
             raise CommandError(
                 errno.EINVAL,
                 f"len ({request.length}) is larger than max len ({p.MAX_BUFFER_SIZE})",
@@ -446,6 +447,10 @@ class Connection:
                 export.trim(offset, length, fua)
         elif kind == p.CMD_FLUSH:
             export.flush()
+        elif kind == p.CMD_CACHE:
+            # A prefetch hint: reading the range is all a cache-less stack can do.
+            if length:
+                export.read(offset, length)
         self._ok_reply(request.handle)
 
     def _ok_reply(self, handle: int) -> None:

@@ -54,12 +54,12 @@ class Export:
         return self.blk.getlength()
 
     def transmission_flags(self, structured: bool) -> int:
-        flags = p.FLAG_HAS_FLAGS | p.FLAG_SEND_FLUSH | p.FLAG_SEND_FUA
+        flags = p.FLAG_HAS_FLAGS | p.FLAG_SEND_FLUSH | p.FLAG_SEND_FUA | p.FLAG_SEND_CACHE
         if self.read_only:
             flags |= p.FLAG_READ_ONLY
         else:
             flags |= p.FLAG_SEND_TRIM | p.FLAG_SEND_WRITE_ZEROES | p.FLAG_SEND_FAST_ZERO
-        if self.read_only or self.multi_conn:
+        if self.multi_conn:
             flags |= p.FLAG_CAN_MULTI_CONN
         if structured:
             flags |= p.FLAG_SEND_DF

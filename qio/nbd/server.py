@@ -272,7 +272,7 @@ def open_export(s: Settings, recorder: MismatchRecorder) -> Export:
         blk,
         description=s.description,
         read_only=s.read_only,
-        multi_conn=False,
+        multi_conn=s.shared > 1,
         recorder=recorder,
     )
 

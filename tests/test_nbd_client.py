@@ -208,10 +208,10 @@ def _expand(args: tuple[str, ...], server: Server, export: str | None) -> list[s
     return out
 
 
-def _masks(server: Server, tag: str) -> dict[str, str]:
+def _masks(server: Server) -> dict[str, str]:
     masks: dict[str, str] = {}
     if server.socket_path is not None:
-        masks[str(server.socket_path)] = f"<SOCK>"
+        masks[str(server.socket_path)] = "<SOCK>"
     if server.port is not None:
         masks[f":{server.port}"] = ":<PORT>"
     return masks
@@ -238,8 +238,8 @@ def test_client_matches_qemu_io(case: Case, tmp_path: Path) -> None:
     ):
         expected = run([QEMU_IO, *_expand(case.args, s_oracle, case.export)], tmp_path)
         got = run([*qio_cmd(), *_expand(case.args, s_cand, case.export)], tmp_path)
-    exp_masks = _masks(s_oracle, "o")
-    got_masks = _masks(s_cand, "c")
+    exp_masks = _masks(s_oracle)
+    got_masks = _masks(s_cand)
     assert normalise(got.out, got_masks) == normalise(expected.out, exp_masks)
     assert normalise(got.err, got_masks) == normalise(expected.err, exp_masks)
     assert got.rc == expected.rc

@@ -517,6 +517,10 @@ def main(argv: list[str] | None = None) -> int:
     except OpenError as exc:
         _err(f"Failed to blk_new_open '{settings.filename}': {exc.message}")
         return 1
+    except ImportError as exc:
+        # A driver named in the registry whose module is not installed in this build.
+        _err(f"Failed to blk_new_open '{settings.filename}': driver unavailable ({exc.name})")
+        return 1
     try:
         listener = listen(settings)
     except UsageError as exc:

@@ -31,6 +31,7 @@ from tests.nbd_support import (
     needs_qemu,
     normalise,
     qemu_nbd,
+    qio_has_driver,
     qio_nbd,
     qio_nbd_cmd,
     run,
@@ -352,3 +353,45 @@ def test_pid_file_and_socket_removed_on_sigint(tmp_path: Path) -> None:
     assert srv.pid_file is not None and not srv.pid_file.exists()
     time.sleep(0)
     assert os.path.exists(img)
+
+
+@pytest.mark.skipif(
+    not qio_has_driver("qio.block.qcow2.driver"),
+    reason="qio's qcow2 driver is not in this build (qio/block/qcow2)",
+)
+@pytest.mark.parametrize("with_backing", [False, True], ids=["qcow2", "qcow2_backing"])
+def test_qcow2_stack_served_like_qemu_nbd(with_backing: bool, tmp_path: Path) -> None:
+    """qio-nbd -f qcow2 (optionally with a backing chain) against qemu-nbd -f qcow2."""
+    assert QEMU_IMG is not None and QEMU_IO is not None
+    sides = []
+    for side in ("ref", "cand"):
+        d = tmp_path / side
+        d.mkdir()
+        top = d / "top.qcow2"
+        if with_backing:
+            base = d / "base.qcow2"
+            run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(base), "2M"], d)
+            run([QEMU_IO, "-f", "qcow2", "-c", "write -q -P 0x21 0 1M", str(base)], d)
+            run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
+                 str(top)], d)  # fmt: skip
+        else:
+            run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(top), "2M"], d)
+        run([QEMU_IO, "-f", "qcow2", "-c", "write -q -P 0x42 64k 64k", "-c",
+             "write -q -z 1M 128k", str(top)], d)  # fmt: skip
+        sides.append((d, top))
+    script = [
+        "-f", "raw", "-c", "map", "-c", "read -P 0x42 64k 64k", "-c", "write -P 0x43 1536k 4k",
+        "-c", "write -z -u 0 64k", "-c", "discard 128k 64k", "-c", "map",
+        "-c", "read -P 0 0 64k",
+    ]  # fmt: skip
+    ref = qemu_nbd(str(sides[0][1]), sides[0][0], fmt="qcow2")
+    cand = qio_nbd(str(sides[1][1]), sides[1][0], fmt="qcow2")
+    with ref, cand:
+        outputs = []
+        for srv, (d, _) in ((ref, sides[0]), (cand, sides[1])):
+            io = run([QEMU_IO, *script, srv.url], d)
+            m = run([QEMU_IMG, "map", "--output=json", "-f", "raw", srv.url], d)
+            outputs.append((normalise(io.out, _masks(srv)), io.rc, m.out))
+    assert outputs[1] == outputs[0]
+    cmp = run([QEMU_IMG, "compare", str(sides[0][1]), str(sides[1][1])], tmp_path)
+    assert cmp.rc == 0, cmp.out

@@ -51,9 +51,12 @@ IO_SCRIPT = (
     "-c", "write -z -n 320k 4k",
     "-c", "discard 512k 64k",
     "-c", "flush",
+    # (two aio requests in flight complete in whatever order qemu-nbd answers: one at a time)
     "-c", "aio_write -P 0x33 600k 4k",
-    "-c", "aio_read -P 0x33 600k 4k",
     "-c", "aio_flush",
+    "-c", "aio_read -P 0x5a 4k 4k",
+    "-c", "aio_flush",
+    "-c", "read -P 0x33 600k 4k",
     "-c", "readv -P 0 700k 4k 4k",
     "-c", "writev -P 0x44 800k 4k 4k",
     "-c", "read 1M 1",

@@ -11,6 +11,7 @@ rather than Python's.
 from __future__ import annotations
 
 import errno
+import re
 from dataclasses import dataclass
 
 INT64_MAX = (1 << 63) - 1
@@ -68,19 +69,22 @@ def _strtoull(s: str, pos: int, base: int) -> tuple[int, int, bool]:
     ):
         i += 2
     start = i
-    value = 0
-    while i < n:
-        d = _digit(s[i], base)
-        if d < 0:
-            break
-        value = value * base + d
-        i += 1
+    i = _DIGIT_RUN[base].match(s, i).end()  # type: ignore[union-attr]  # always matches
     if i == start:
         return 0, pos, False
+    value = int(s[start:i], base)
     overflow = value > UINT64_MAX
     if negative and not overflow:
         value = (-value) & UINT64_MAX
     return value, i, overflow
+
+
+# The longest run of ASCII digits of a base (what strtoull consumes), found in C by re.
+_DIGIT_RUN = {
+    8: re.compile(r"[0-7]*"),
+    10: re.compile(r"[0-9]*"),
+    16: re.compile(r"[0-9a-fA-F]*"),
+}
 
 
 def _digit(ch: str, base: int) -> int:
@@ -118,8 +122,23 @@ def _fraction(s: str, pos: int) -> tuple[float | None, int]:
     return float("0" + s[pos:end]), end
 
 
+# Plain decimal digits and an optional unit: the shape of nearly every number in a script,
+# parsed without the general strtoull/strtod walk.
+_PLAIN_SIZE = re.compile(r"([0-9]{1,18})([bBkKmMgGtTpPeE]?)")
+_PLAIN_SUFFIX_SHIFT = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
+
+
 def parse_size(text: str, default_suffix: str = "B") -> ParsedSize:
     """QEMU's ``qemu_strtosz`` (unit 1024): raises NumberError(EINVAL/ERANGE)."""
+    plain = _PLAIN_SIZE.fullmatch(text)
+    if plain is not None and (plain[2] or default_suffix in "bB"):
+        value = int(plain[1]) << _PLAIN_SUFFIX_SHIFT[plain[2].lower()]
+        if value <= UINT64_MAX:
+            return ParsedSize(value, False)
+    return _parse_size_general(text, default_suffix)
+
+
+def _parse_size_general(text: str, default_suffix: str) -> ParsedSize:
     value, end, overflow = _strtoull(text, 0, 10)
     if end == 0:
         raise NumberError(errno.EINVAL, text)
@@ -201,10 +220,8 @@ def strtol_base0(text: str) -> int | None:
         else:
             base = 8
     start = i
-    value = 0
-    while i < n and _digit(text[i], base) >= 0:
-        value = value * base + _digit(text[i], base)
-        i += 1
+    i = _DIGIT_RUN[base].match(text, i).end()  # type: ignore[union-attr]  # always matches
+    value = int(text[start:i], base) if i > start else 0
     if i == start:
         # No digits: strtol returns 0 and leaves end at the start of the text.
         return 0 if n == 0 else None

@@ -79,6 +79,25 @@ class CommandOptions:
 
 
 @dataclass
+class Cancellation:
+    """A request to stop the running command at its next chunk boundary.
+
+    The interactive shell sets it from its SIGINT handler while a command runs; streaming
+    loops (large read/write, verify) test ``requested`` between chunks, so an interrupted
+    request always ends between two complete block-layer requests and the image stays
+    consistent.  Outside the shell nothing sets it (Ctrl-C kills qio, as it kills qemu-io).
+    """
+
+    requested: bool = False
+
+    def request(self) -> None:
+        self.requested = True
+
+    def reset(self) -> None:
+        self.requested = False
+
+
+@dataclass
 class MismatchLog:
     """blkverify mismatches recorded in report mode (for ``mismatches``)."""
 
@@ -98,6 +117,7 @@ class Session:
         self.mismatches = MismatchLog()
         self.interactive = False
         self.current: Command | None = None
+        self.cancel = Cancellation()
 
     # -- output helpers --------------------------------------------------------------------
     def error_report(self, text: str) -> None:
@@ -131,6 +151,11 @@ class Session:
         if parsed.hex_with_suffix:
             self.warn_report(f"Using a multiplier suffix on hex numbers is deprecated: {text}")
         return parsed.value
+
+    def report_interrupted(self, verb: str, done: int, total: int) -> int:
+        """A streamed request stopped by Ctrl-C: say how far it got; the command's status."""
+        self.error_report(f"{verb} interrupted after {done} of {total} bytes")
+        return -errno.EINTR
 
     def require_blk(self) -> BlockBackend:
         assert self.blk is not None

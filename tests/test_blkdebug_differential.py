@@ -286,9 +286,9 @@ CASES: dict[str, list[str]] = {
         "raw",
         *c(
             "break write_aio A",
-            "aio_write -P 1 0 512",
+            "aio_write -q -P 1 0 512",
             "break write_aio B",
-            "aio_write -P 2 4k 512",
+            "aio_write -q -P 2 4k 512",
             "resume B",
             "resume A",
             "aio_flush",

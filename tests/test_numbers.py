@@ -1,6 +1,7 @@
 """qemu-io's number parsing and formatting rules (cvtnum, strtol base 0, cvtstr, timestr)."""
 
 import errno
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -8,9 +9,12 @@ from hypothesis import strategies as st
 
 from qio.numbers import (
     NumberError,
+    ParsedSize,
+    _parse_size_general,
     cvtnum,
     cvtstr,
     parse_pattern,
+    parse_size,
     report_lines,
     strtol_base0,
     timestr,
@@ -155,3 +159,17 @@ def test_report_lines() -> None:
         == "read 512/512 bytes at offset 0\n512 bytes, 1 ops; 00.50 sec (1 KiB/sec and 2.0000 ops/sec)\n"
     )
     assert report_lines("wrote", 0.5, 0, 512, 512, 1, True) == "512,1,0:00:00.50,1024.000,2.000\n"
+
+
+@given(
+    st.text(alphabet="0123456789kKmMgGtTpPeEbBxX.", min_size=1, max_size=24),
+    st.sampled_from(["B", "K"]),
+)
+def test_parse_size_fast_path_agrees_with_the_general_parser(text: str, suffix: str) -> None:
+    def outcome(parse: Callable[[str, str], ParsedSize]) -> object:
+        try:
+            return parse(text, suffix)
+        except NumberError as exc:
+            return exc.code
+
+    assert outcome(parse_size) == outcome(_parse_size_general)

@@ -156,3 +156,35 @@ def test_unresolvable_wait_is_a_deadlock() -> None:
 
 def test_options_first_key_follows_qdict_order() -> None:
     assert Options({"zzz": 1, "aaa": 2, "bogus": 3}).first_key() == "bogus"
+
+
+# -- blkverify's mismatch handler (the contract qio-nbd relies on) -------------------------
+@pytest.mark.parametrize("action", ["raw", "error"])
+def test_mismatch_handler_decides(tmp_path: Path, action: str) -> None:
+    from qio.errors import BlockError
+    from qio.results import Mismatch
+
+    (tmp_path / "a.img").write_bytes(b"\x11" * 4096)
+    (tmp_path / "b.img").write_bytes(b"\x11" * 1000 + b"\x22" * 3096)
+    seen: list[Mismatch] = []
+    ctx = OpenContext(program="qio")
+
+    def handler(mismatch: Mismatch) -> str:
+        seen.append(mismatch)
+        return action
+
+    ctx.mismatch_handler = handler
+    options = parse_option_string(
+        f"driver=blkverify,raw.filename={tmp_path}/a.img,test.driver=file,"
+        f"test.filename={tmp_path}/b.img"
+    )
+    root = open_image_sync(ctx, None, options, OpenFlags(read_write=False))
+    buf = bytearray(4096)
+    if action == "raw":
+        scheduler.run_sync(root.preadv(0, memoryview(buf)))
+        assert bytes(buf) == b"\x11" * 4096
+    else:
+        with pytest.raises(BlockError):
+            scheduler.run_sync(root.preadv(0, memoryview(buf)))
+    assert [(m.request_offset, m.request_bytes, m.offset) for m in seen] == [(0, 4096, 1000)]
+    scheduler.run_sync(root.close())

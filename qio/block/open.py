@@ -21,6 +21,7 @@ from qio.block.coroutine import scheduler
 from qio.block.node import BlockNode, OpenFlags
 from qio.block.options import Options, to_bool
 from qio.errors import BlockError, OpenError, OptionError
+from qio.results import Mismatch
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,11 @@ class OpenContext:
         # Set when a driver takes the graph offline (qcow2 found fatal corruption): every
         # later request fails with ENOMEDIUM, as in QEMU.
         self.offline = False
+        # Who decides what a blkverify read mismatch does.  None: qemu-io's behaviour (the
+        # program ends).  A server (qio-nbd) installs a handler that records the mismatch and
+        # returns "raw" (answer with the trusted raw child's bytes) or "error" (fail the read
+        # with EIO); see qio/nbd/mismatch.py.
+        self.mismatch_handler: Callable[[Mismatch], str] | None = None
 
     def notify(self, notice: Notice) -> None:
         if self._notify is None:

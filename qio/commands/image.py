@@ -92,8 +92,7 @@ def map_f(s: Session, argv: list[str]) -> int:
     except OpenError as exc:
         s.error_report(exc.message)
         return -exc.errno
-    for run in runs:
-        s.r.map_run(run)
+    s.r.map(runs)
     return 0
 
 

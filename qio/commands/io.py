@@ -3,7 +3,9 @@
 Their checks, messages and output order follow qemu-io 7.2 exactly.  Large requests are
 processed in bounded chunks (pattern fill, verification, hexdump) so memory does not grow
 with the request; a streamed write is still one request for the cache mode (one flush at the
-end under writethrough).
+end under writethrough).  Between chunks the streaming loops report progress to the renderer
+and stop early when the shell's Ctrl-C set ``s.cancel`` (the report then says how much was
+done: ``wrote DONE/REQUESTED bytes``).
 """
 
 from __future__ import annotations
@@ -75,6 +77,20 @@ def iovec_total(s: Session, args: list[str]) -> int:
 
 
 # -- pattern verification ----------------------------------------------------------------
+def _equal(piece: memoryview | bytes, ref: bytes) -> bool:
+    """``piece == ref`` at memcmp speed.
+
+    Comparing a memoryview with ``==`` unpacks it element by element (about 100 times slower
+    than memcmp); a view that spans its whole bytearray is compared through the array itself.
+    """
+    if isinstance(piece, memoryview):
+        obj = piece.obj
+        if isinstance(obj, bytearray | bytes) and len(obj) == piece.nbytes:
+            return obj == ref
+        return piece.tobytes() == ref
+    return piece == ref
+
+
 class PatternCheck:
     """Compares streamed data against one byte value, remembering the first wrong byte."""
 
@@ -83,28 +99,30 @@ class PatternCheck:
         self.start = start  # relative to the request
         self.end = start + length
         self.first_bad: int | None = None
-        self._byte = bytes([pattern])
+        self._ref = bytes([pattern]) * min(max(length, 1), CHUNK)
         self.window = b""
         self.window_offset = 0
 
-    def feed(self, pos: int, buf: bytearray, length: int, request_offset: int) -> None:
-        """``buf[:length]`` holds request bytes [pos, pos+length)."""
+    def feed(self, pos: int, data: memoryview | bytes, request_offset: int) -> None:
+        """``data`` holds request bytes [pos, pos+len)."""
         if self.first_bad is not None:
             return
         lo = max(pos, self.start)
-        hi = min(pos + length, self.end)
-        if hi <= lo or buf.count(self._byte, lo - pos, hi - pos) == hi - lo:
-            return
-        # Slow path, once: find the first wrong byte and keep a window around it.
-        for i in range(lo - pos, hi - pos):
-            if buf[i] != self.pattern:
-                self.first_bad = pos + i
-                break
-        assert self.first_bad is not None
-        win_lo = max(pos, self.first_bad - 32)
-        win_lo -= (win_lo - pos) % 16
-        self.window = bytes(buf[win_lo - pos : min(length, win_lo - pos + 64)])
-        self.window_offset = request_offset + win_lo
+        hi = min(pos + len(data), self.end)
+        at = lo
+        while at < hi:
+            n = min(hi - at, len(self._ref))
+            piece = data[at - pos : at - pos + n]
+            if not _equal(piece, self._ref[:n]):
+                # lstrip runs in C: the index of the first byte that is not the pattern.
+                self.first_bad = at + n - len(bytes(piece).lstrip(self._ref[:1]))
+                # A window of four dump rows (aligned like the -v dump) around that byte.
+                win_lo = max(pos, self.first_bad - 32)
+                win_lo -= (win_lo - pos) % 16
+                self.window = bytes(data[win_lo - pos : win_lo - pos + 64])
+                self.window_offset = request_offset + win_lo
+                return
+            at += n
 
     def result(self, request_offset: int) -> PatternMismatch | None:
         if self.first_bad is None:
@@ -124,6 +142,7 @@ class ReadOutcome:
     seconds: float
     error: BlockError | None
     data: bytearray | None  # the whole buffer when it was kept (small requests, -v)
+    done: int = 0  # bytes read before the request ended (less than asked when interrupted)
 
 
 async def _read_request(
@@ -149,8 +168,8 @@ async def _read_request(
             return ReadOutcome(now() - t1, exc, None)
         t2 = now()
         if check is not None:
-            check.feed(0, buf, count, offset)
-        return ReadOutcome(t2 - t1, None, buf)
+            check.feed(0, view, offset)
+        return ReadOutcome(t2 - t1, None, buf, count)
     # A streamed request: validate it as a whole first, exactly as one request would be.
     t1 = now()
     try:
@@ -160,29 +179,64 @@ async def _read_request(
     chunk = bytearray(CHUNK)
     view = memoryview(chunk)
     pos = 0
-    while pos < count:
-        n = min(CHUNK, count - pos)
-        part = view[:n]
-        part[:] = _AB_VIEW[:n]
-        try:
-            with blk.whole_request(offset, count):
-                await blk.pread(offset + pos, part)
-        except BlockError as exc:
-            return ReadOutcome(now() - t1, exc, None)
-        if check is not None:
-            check.feed(pos, chunk, n, offset)
-        if dump_live:
-            for sub in range(0, n, 256 << 10):
-                s.r.hexdump(offset + pos + sub, part[sub : min(n, sub + (256 << 10))])
-        pos += n
-    return ReadOutcome(now() - t1, None, None)
+    # A live dump shows its own progress; a bar on stderr would only interleave with it.
+    with s.r.progress("read", count, enabled=not dump_live) as progress:
+        while pos < count and not s.cancel.requested:
+            n = min(CHUNK, count - pos)
+            part = view[:n]
+            part[:] = _AB_CHUNK[:n]
+            try:
+                with blk.whole_request(offset, count):
+                    await blk.pread(offset + pos, part)
+            except BlockError as exc:
+                return ReadOutcome(now() - t1, exc, None)
+            if check is not None:
+                check.feed(pos, part, offset)
+            if dump_live:
+                for sub in range(0, n, 256 << 10):
+                    s.r.hexdump(offset + pos + sub, part[sub : min(n, sub + (256 << 10))])
+            pos += n
+            progress.update(pos)
+    return ReadOutcome(now() - t1, None, None, pos)
 
 
-def _dump(s: Session, offset: int, data: bytearray) -> None:
+def _dump(s: Session, offset: int, data: bytearray) -> int:
+    """Dump a kept buffer; returns how many bytes were shown (fewer after Ctrl-C)."""
     view = memoryview(data)
     step = 256 << 10
     for pos in range(0, len(data), step):
+        if s.cancel.requested:
+            return pos
         s.r.hexdump(offset + pos, view[pos : pos + step])
+    return len(data)
+
+
+def _report_read(
+    s: Session,
+    offset: int,
+    count: int,
+    outcome: ReadOutcome,
+    check: PatternCheck | None,
+    quiet: bool,
+    machine: bool,
+) -> int:
+    """What read and readv print after the request: mismatch, dump, report."""
+    ret = 0
+    if check is not None:
+        mismatch = check.result(offset)
+        if mismatch is not None:
+            s.r.pattern_mismatch(mismatch)
+            ret = -errno.EINVAL
+    if outcome.done < count:
+        ret = s.report_interrupted("read", outcome.done, count)
+    if quiet:
+        return ret
+    if outcome.data is not None:
+        shown = _dump(s, offset, outcome.data)
+        if shown < count:
+            ret = s.report_interrupted("dump", shown, count)
+    s.r.transfer(TransferReport("read", offset, count, outcome.done, outcome.seconds, machine))
+    return ret
 
 
 READ_HELP = (
@@ -256,18 +310,9 @@ def read_f(s: Session, argv: list[str]) -> int:
     outcome = scheduler.run_sync(_read_request(s, offset, count, check, keep, dump_live, bflag))
     if outcome.error is not None:
         return io_failed(s, "read", outcome.error)
-    ret = 0
-    if check is not None:
-        mismatch = check.result(offset)
-        if mismatch is not None:
-            s.r.pattern_mismatch(mismatch)
-            ret = -errno.EINVAL
-    if quiet:
-        return ret
-    if keep and outcome.data is not None:
-        _dump(s, offset, outcome.data)
-    s.r.transfer(TransferReport("read", offset, count, count, outcome.seconds, machine))
-    return ret
+    if not keep:
+        outcome.data = None
+    return _report_read(s, offset, count, outcome, check, quiet, machine)
 
 
 READV_HELP = (
@@ -316,18 +361,9 @@ def readv_f(s: Session, argv: list[str]) -> int:
     )
     if outcome.error is not None:
         return io_failed(s, "readv", outcome.error)
-    ret = 0
-    if check is not None:
-        mismatch = check.result(offset)
-        if mismatch is not None:
-            s.r.pattern_mismatch(mismatch)
-            ret = -errno.EINVAL
-    if quiet:
-        return ret
-    if keep and outcome.data is not None:
-        _dump(s, offset, outcome.data)
-    s.r.transfer(TransferReport("read", offset, count, count, outcome.seconds, machine))
-    return ret
+    if not keep:
+        outcome.data = None
+    return _report_read(s, offset, count, outcome, check, quiet, machine)
 
 
 # -- writes ------------------------------------------------------------------------------
@@ -379,21 +415,26 @@ def load_source_file(s: Session, name: str, count: int) -> bytes | None:
 
 async def _write_request(
     s: Session, offset: int, count: int, source: FillSource, flags: ReqFlags
-) -> float:
+) -> tuple[float, int]:
+    """(seconds, bytes written); fewer bytes than asked when Ctrl-C interrupted it."""
     blk = s.require_blk()
     t1 = now()
     if count <= CHUNK:
         await blk.pwrite(offset, source.chunk(0, count), flags)
-        return now() - t1
+        return now() - t1, count
     blk.check(offset, count)
     pos = 0
-    with blk.whole_request(offset, count):
-        while pos < count:
+    with blk.whole_request(offset, count), s.r.progress("write", count) as progress:
+        while pos < count and not s.cancel.requested:
             n = min(CHUNK, count - pos)
             last = pos + n == count
             await blk.pwrite(offset + pos, source.chunk(pos, n), flags, final=last)
             pos += n
-    return now() - t1
+            progress.update(pos)
+    if pos < count and blk.writethrough:
+        # The interrupted request still honours write-through: what it wrote is flushed.
+        await blk.flush()
+    return now() - t1, pos
 
 
 WRITE_HELP = (
@@ -481,6 +522,7 @@ def write_f(s: Session, argv: list[str]) -> int:
             return -errno.EINVAL
         source = FillSource(period=period)
     blk = s.require_blk()
+    done = count
     try:
         if bflag:
             data = (
@@ -501,12 +543,13 @@ def write_f(s: Session, argv: list[str]) -> int:
             scheduler.run_sync(blk.pwrite_compressed(offset, data))
             seconds = now() - t1
         else:
-            seconds = scheduler.run_sync(_write_request(s, offset, count, source, flags))
+            seconds, done = scheduler.run_sync(_write_request(s, offset, count, source, flags))
     except BlockError as exc:
         return io_failed(s, "write", exc)
+    ret = 0 if done == count else s.report_interrupted("write", done, count)
     if not quiet:
-        s.r.transfer(TransferReport("wrote", offset, count, count, seconds, machine))
-    return 0
+        s.r.transfer(TransferReport("wrote", offset, count, done, seconds, machine))
+    return ret
 
 
 WRITEV_HELP = (
@@ -549,12 +592,15 @@ def writev_f(s: Session, argv: list[str]) -> int:
     offset = s.number(operands[0])
     count = iovec_total(s, operands[1:])
     try:
-        seconds = scheduler.run_sync(_write_request(s, offset, count, FillSource(pattern), flags))
+        seconds, done = scheduler.run_sync(
+            _write_request(s, offset, count, FillSource(pattern), flags)
+        )
     except BlockError as exc:
         return io_failed(s, "writev", exc)
+    ret = 0 if done == count else s.report_interrupted("writev", done, count)
     if not quiet:
-        s.r.transfer(TransferReport("wrote", offset, count, count, seconds, machine))
-    return 0
+        s.r.transfer(TransferReport("wrote", offset, count, done, seconds, machine))
+    return ret
 
 
 # -- asynchronous requests -----------------------------------------------------------------
@@ -617,8 +663,12 @@ def aio_read_f(s: Session, argv: list[str]) -> int:
             return
         if error is not None:
             raise error
-        if pattern is not None and buf.count(pattern) != count:
-            s.r.pattern_mismatch(PatternMismatch(offset, count, pattern))
+        if pattern is not None:
+            check = PatternCheck(pattern, 0, count)
+            check.feed(0, memoryview(buf), offset)
+            mismatch = check.result(offset)
+            if mismatch is not None:
+                s.r.pattern_mismatch(mismatch)
         if quiet:
             return
         if verbose:

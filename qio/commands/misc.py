@@ -27,21 +27,13 @@ NSIG = 65  # glibc's NSIG on Linux
 )
 def help_f(s: Session, argv: list[str]) -> int:
     if len(argv) == 1:
-        commands = table.all_commands()
-        lines = [c.help_line() for c in commands if not c.qio_only]
-        text = "\n".join(lines) + "\n\nUse 'help commandname' for extended help.\n"
-        # qemu-io's list, byte for byte, where scripts may read it; people at a terminal
-        # also see qio's own commands.
-        if s.interactive or s.r.console.out.isatty:
-            extra = [c.help_line() for c in commands if c.qio_only]
-            text += "\nqio's own commands (not in qemu-io):\n" + "\n".join(extra) + "\n"
-        s.r.out(text)
+        s.r.help_list(table.all_commands())
         return 0
     cmd = table.find(argv[1])
     if cmd is None:
         s.r.message(f"command {argv[1]} not found")
         return -errno.EINVAL
-    s.r.out(cmd.help_line(argv[1]) + "\n" + (cmd.help or ""))
+    s.r.help_command(cmd, argv[1])
     return 0
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from qio.block.graph import label, one_line
 from qio.block.open import Notice
@@ -20,6 +21,31 @@ from qio.results import (
     TransferReport,
     VerifyResult,
 )
+
+if TYPE_CHECKING:
+    from qio.commands.table import Command
+
+
+class Progress:
+    """Progress of one streamed request.  This one shows nothing (pipes, scripts, tests);
+    the terminal renderer's draws a bar on stderr."""
+
+    def update(self, done: int) -> None:
+        """``done`` bytes of the request are complete."""
+
+    def close(self) -> None:
+        """The request ended (completed, failed or interrupted)."""
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def dump_specific(fields: list[tuple[str, Any]], indent: int) -> str:
@@ -47,7 +73,14 @@ def _dump_value(label: str, value: Any, indent: int) -> str:
 
 
 class PlainRenderer:
-    """Draws results as qemu-io's text.  Subclassed by the terminal renderer."""
+    """Draws results as qemu-io's text.  Subclassed by the terminal renderer.
+
+    Every byte leaves through ``out``, ``out_bytes`` or ``err``, so a subclass that must
+    tidy the screen before output (the terminal renderer's progress bar) has three doors
+    to watch.
+    """
+
+    styled = False  # True for renderers that draw with colour (the shell matches them)
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -56,34 +89,47 @@ class PlainRenderer:
     def out(self, text: str) -> None:
         self.console.out.write(text)
 
+    def out_bytes(self, data: bytes) -> None:
+        self.console.out.write_bytes(data)
+
     def err(self, text: str) -> None:
         self.console.err.write(text)
 
     def message(self, line: str) -> None:
         """A line qemu-io prints on stdout (most per-command failures)."""
-        self.console.out.write(line + "\n")
+        self.out(line + "\n")
 
     def error(self, line: str) -> None:
         """A line qemu-io prints on stderr."""
-        self.console.err.write(line + "\n")
+        self.err(line + "\n")
 
     def notice(self, notice: Notice) -> None:
-        (self.console.out if notice.stream == "out" else self.console.err).write(notice.text)
+        if notice.stream == "out":
+            self.out(notice.text)
+        else:
+            self.err(notice.text)
 
     def flush(self) -> None:
         self.console.flush()
 
+    def progress(self, verb: str, total: int, enabled: bool = True) -> Progress:
+        """A progress sink for a streamed request of ``total`` bytes (qemu-io shows none)."""
+        return Progress()
+
     # -- results ---------------------------------------------------------------------------
     def transfer(self, r: TransferReport) -> None:
-        self.console.out.write(
-            report_lines(r.verb, r.seconds, r.offset, r.count, r.total, r.ops, r.machine)
-        )
+        self.out(report_lines(r.verb, r.seconds, r.offset, r.count, r.total, r.ops, r.machine))
 
     def hexdump(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        self.console.out.write_bytes(hexdump_bytes(data, offset))
+        self.out_bytes(hexdump_bytes(data, offset))
 
     def pattern_mismatch(self, m: PatternMismatch) -> None:
         self.message(f"Pattern verification failed at offset {m.offset}, {m.length} bytes")
+
+    def map(self, runs: list[MapRun]) -> None:
+        """The whole ``map`` output: one line per run."""
+        for run in runs:
+            self.map_run(run)
 
     def map_run(self, r: MapRun) -> None:
         status = "    allocated" if r.allocated else "not allocated"
@@ -106,6 +152,17 @@ class PlainRenderer:
             if r.specific is not None:
                 text += "Format specific information:\n" + dump_specific(r.specific, 4)
         self.out(text)
+
+    def help_list(self, commands: list[Command]) -> None:
+        """``help``: every command's line, sorted by name, then the hint — qemu-io's list,
+        byte for byte, so qio's own commands are left out here (``help NAME`` explains them,
+        the terminal view lists them)."""
+        lines = [c.help_line() for c in commands if not c.qio_only]
+        self.out("\n".join(lines) + "\n\nUse 'help commandname' for extended help.\n")
+
+    def help_command(self, cmd: Command, as_name: str) -> None:
+        """``help NAME``: the usage line (with the name as typed) and the long help."""
+        self.out(cmd.help_line(as_name) + "\n" + (cmd.help or ""))
 
     def mismatch(self, m: Mismatch, fatal: bool) -> None:
         """A blkverify mismatch: qemu-io's stderr line when it ends the program; in report

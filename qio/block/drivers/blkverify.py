@@ -9,7 +9,9 @@ child, and discards are accepted and reach neither child, all as in QEMU 7.2.
 At the first difference qemu-io 7.2 prints one line on stderr and ends the process with status
 1; qio does the same (``BlkverifyExit``).  With the qio option ``mismatch=report`` the request
 fails with EIO instead and the session goes on (``BlkverifyMismatch``); see
-docs/blkverify.md.
+docs/blkverify.md.  A server (qio-nbd) decides for itself: when the open context has a
+``mismatch_handler`` it is asked, and answers "raw" (the request gets the trusted raw child's
+outcome: its data, or its error) or "error" (the request fails with EIO).
 
 Where QEMU 7.2 crashes or lets the children drift apart, qio keeps them equal:
 
@@ -20,6 +22,8 @@ Where QEMU 7.2 crashes or lets the children drift apart, qio keeps them equal:
 """
 
 from __future__ import annotations
+
+import errno
 
 from qio.block.compare import first_difference
 from qio.block.mismatch import BlkverifyExit, BlkverifyMismatch
@@ -88,40 +92,43 @@ class BlkverifyNode(BlockNode):
         raw_buf = memoryview(bytearray(len(buf)))
         test_error = await _outcome(self.test.preadv(offset, buf, flags))
         raw_error = await _outcome(self.raw.preadv(offset, raw_buf, flags))
-        self._check_returns("read", offset, len(buf), test_error, raw_error)
+        error = self._settle("read", offset, len(buf), test_error, raw_error)
+        if error is not None:
+            raise error  # when both failed alike, their buffers mean nothing
         if test_error is not None:
-            raise test_error  # both failed alike: their buffers mean nothing
+            buf[:] = raw_buf  # a handler chose the raw child's outcome
+            return
         at = first_difference(buf, raw_buf)
         if at is not None:
             lo = max(0, at - WINDOW // 2)
             lo -= lo % 16
-            self._fail(
-                Mismatch(
-                    "read",
-                    offset,
-                    len(buf),
-                    offset + at,
-                    raw_bytes=bytes(raw_buf[lo : lo + WINDOW]),
-                    test_bytes=bytes(buf[lo : lo + WINDOW]),
-                    window_offset=offset + lo,
-                )
+            mismatch = Mismatch(
+                "read",
+                offset,
+                len(buf),
+                offset + at,
+                raw_bytes=bytes(raw_buf[lo : lo + WINDOW]),
+                test_bytes=bytes(buf[lo : lo + WINDOW]),
+                window_offset=offset + lo,
             )
+            self._fail(mismatch)
+            buf[:] = raw_buf  # a handler chose the trusted copy
 
     async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
         test_error = await _outcome(self.test.pwritev(offset, data, flags))
         raw_error = await _outcome(self.raw.pwritev(offset, data, flags))
-        self._check_returns("write", offset, len(data), test_error, raw_error)
-        if test_error is not None:
-            raise test_error
+        error = self._settle("write", offset, len(data), test_error, raw_error)
+        if error is not None:
+            raise error
 
     async def drv_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
         # qemu-io 7.2 aborts here (an assertion in the generic layer); zeroing both children
         # keeps them equal.
         test_error = await _outcome(self.test.pwrite_zeroes(offset, length, flags))
         raw_error = await _outcome(self.raw.pwrite_zeroes(offset, length, flags))
-        self._check_returns("write", offset, length, test_error, raw_error)
-        if test_error is not None:
-            raise test_error
+        error = self._settle("write", offset, length, test_error, raw_error)
+        if error is not None:
+            raise error
 
     async def drv_flush(self) -> bool:
         # As QEMU: only the test image's data matters on disk.
@@ -146,20 +153,29 @@ class BlkverifyNode(BlockNode):
             await test.close()
 
     # -- mismatches -------------------------------------------------------------------------
-    def _check_returns(
+    def _settle(
         self,
         op: str,
         offset: int,
         length: int,
         test_error: BlockError | None,
         raw_error: BlockError | None,
-    ) -> None:
+    ) -> BlockError | None:
+        """Compare the children's return values; the error the request ends with."""
         test_ret = -test_error.errno if test_error is not None else 0
         raw_ret = -raw_error.errno if raw_error is not None else 0
-        if test_ret != raw_ret:
-            self._fail(Mismatch(op, offset, length, test_ret=test_ret, raw_ret=raw_ret))
+        if test_ret == raw_ret:
+            return test_error
+        self._fail(Mismatch(op, offset, length, test_ret=test_ret, raw_ret=raw_ret))
+        return raw_error  # a handler chose the trusted copy's outcome
 
     def _fail(self, mismatch: Mismatch) -> None:
+        """What a mismatch does: returns only when a server's handler chose the raw copy."""
+        handler = self.context.mismatch_handler
+        if handler is not None:
+            if handler(mismatch) == "raw":
+                return
+            raise BlockError(errno.EIO)
         if self.report_mismatches:
             raise BlkverifyMismatch(mismatch, self)
         raise BlkverifyExit(mismatch, self)

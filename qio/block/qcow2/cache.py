@@ -55,7 +55,15 @@ class TableCache:
 
     # -- lookup ------------------------------------------------------------------------------
     def peek(self, offset: int) -> Table | None:
+        """The cached table, without counting as a use (membership tests)."""
         return self.tables.get(offset)
+
+    def hit(self, offset: int) -> Table | None:
+        """The cached table, counted as a use (LRU order) as ``get`` would; None on a miss."""
+        table = self.tables.get(offset)
+        if table is not None:
+            self.tables.move_to_end(offset)
+        return table
 
     async def get(self, offset: int) -> Table:
         table = self.tables.get(offset)

@@ -306,7 +306,7 @@ class ClusterMap:
 
     async def load_l2(self, l2_offset: int) -> Table:
         cache = self.node.l2_cache
-        return cache.peek(l2_offset) or await cache.get(l2_offset)
+        return cache.hit(l2_offset) or await cache.get(l2_offset)
 
     async def get_cluster_table(self, offset: int) -> tuple[Table, int]:
         """The L2 table for ``offset`` (allocated, or copied for COW, when needed) and the index."""
@@ -352,6 +352,10 @@ class ClusterMap:
     # -- lookup ------------------------------------------------------------------------------
     async def get_host_offset(self, offset: int, length: int) -> HostRun:
         """qcow2_get_host_offset: the run starting at guest ``offset`` (at most ``length``)."""
+        if not self.extended:
+            run = self._lookup_cached_data(offset, length)
+            if run is not None:
+                return run
         in_cluster = self.offset_in_cluster(offset)
         needed = length + in_cluster
         l2_index = self.l2_index(offset)
@@ -409,6 +413,43 @@ class ClusterMap:
             raise BlockError(errno.EIO)
         run = min((count + sc_index) << self.subcluster_bits, needed)
         return HostRun(stype, run - in_cluster, host)
+
+    def _lookup_cached_data(self, offset: int, length: int) -> HostRun | None:
+        """The common case of get_host_offset in one step: standard L2 entries, the table in
+        the cache, a plain data cluster at an aligned host offset.  Anything else (holes, zero
+        or compressed clusters, corruption checks, data files, cache misses) returns None and
+        takes the general path, which gives the same answer for this case."""
+        cluster_bits = self.cluster_bits
+        l1_index = offset >> (self.l2_bits + cluster_bits)
+        if l1_index >= self.l1_size:
+            return None
+        l2_offset = self.l1_table[l1_index] & L1E_OFFSET_MASK
+        cluster_size = self.cluster_size
+        if not l2_offset or l2_offset & (cluster_size - 1) or self.node.has_data_file:
+            return None
+        table = self.node.l2_cache.hit(l2_offset)
+        if table is None:
+            return None
+        words = table.words
+        assert words is not None
+        l2_index = (offset >> cluster_bits) & (self.l2_entries - 1)
+        entry = words[l2_index]
+        host = entry & L2E_OFFSET_MASK
+        if entry & (OFLAG_COMPRESSED | OFLAG_ZERO) or not host or host & (cluster_size - 1):
+            return None
+        in_cluster = offset & (cluster_size - 1)
+        needed = min(length + in_cluster, (self.l2_entries - l2_index) << cluster_bits)
+        last = l2_index + ((needed + cluster_size - 1) >> cluster_bits)
+        index = l2_index + 1
+        expected = host + cluster_size
+        while index < last:
+            entry = words[index]
+            if entry & (OFLAG_COMPRESSED | OFLAG_ZERO) or entry & L2E_OFFSET_MASK != expected:
+                break
+            index += 1
+            expected += cluster_size
+        run = min((index - l2_index) << cluster_bits, needed)
+        return HostRun(SC_NORMAL, run - in_cluster, host + in_cluster)
 
     def _count_contiguous(
         self, nb_clusters: int, sc_index: int, table: Table, l2_index: int

@@ -136,7 +136,7 @@ class Refcounts:
         offset = await self._block_offset(cluster_index >> self.block_bits)
         if not offset:
             return 0
-        table = self.cache.peek(offset) or await self.load_block(offset)
+        table = self.cache.hit(offset) or await self.load_block(offset)
         assert table.raw is not None
         return refcount_get(table.raw, cluster_index & (self.block_entries - 1), self.order)
 
@@ -325,7 +325,7 @@ class Refcounts:
         if table_index < len(self.table):
             offset = await self._block_offset(table_index)
             if offset:
-                return self.cache.peek(offset) or await self.load_block(offset)
+                return self.cache.hit(offset) or await self.load_block(offset)
 
         # We write to the refcount table, so we might depend on L2 tables.
         await node.l2_cache.flush()

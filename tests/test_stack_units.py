@@ -188,3 +188,29 @@ def test_mismatch_handler_decides(tmp_path: Path, action: str) -> None:
             scheduler.run_sync(root.preadv(0, memoryview(buf)))
     assert [(m.request_offset, m.request_bytes, m.offset) for m in seen] == [(0, 4096, 1000)]
     scheduler.run_sync(root.close())
+
+
+def test_verify_stops_between_chunks(tmp_path: Path) -> None:
+    from qio.block.verify import CHUNK, compare_children
+
+    for name in ("a.img", "b.img"):
+        (tmp_path / name).write_bytes(b"\x01" * (3 * CHUNK))
+    root = open_graph_pair(tmp_path)
+    asked: list[int] = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 1  # after the first chunk
+
+    raw, test = root.children["raw"], root.children["test"]
+    result = scheduler.run_sync(compare_children(raw, test, 0, 3 * CHUNK, stop))
+    assert result.cancelled and result.length == CHUNK and result.extents == []
+    scheduler.run_sync(root.close())
+
+
+def open_graph_pair(tmp_path: Path):  # type: ignore[no-untyped-def]
+    options = parse_option_string(
+        f"driver=blkverify,raw.filename={tmp_path}/a.img,test.driver=file,"
+        f"test.filename={tmp_path}/b.img"
+    )
+    return open_image_sync(OpenContext(program="qio"), None, options, OpenFlags(read_write=False))

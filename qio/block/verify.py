@@ -9,6 +9,7 @@ first sector to the last differing byte of the last one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from qio.block.compare import differing_sectors
 from qio.block.node import BlockNode
@@ -50,34 +51,40 @@ async def _zero_run(node: BlockNode, offset: int, length: int) -> tuple[bool, in
 
 
 async def compare_children(
-    raw: BlockNode, test: BlockNode, offset: int, length: int
+    raw: BlockNode,
+    test: BlockNode,
+    offset: int,
+    length: int,
+    stop: Callable[[], bool] = lambda: False,
 ) -> VerifyResult:
+    """Compare ``raw`` and ``test`` over the range; ``stop()`` is asked between chunks (the
+    shell's Ctrl-C), and a stopped comparison reports what it covered."""
     result = VerifyResult(offset, length)
     builder = ExtentBuilder()
     t0 = time.perf_counter()
     raw_buf = bytearray(min(CHUNK, length))
     test_buf = bytearray(min(CHUNK, length))
     pos, end = offset, offset + length
-    try:
-        while pos < end:
-            want = min(CHUNK, end - pos)
-            raw_zero, raw_n = await _zero_run(raw, pos, want)
-            test_zero, test_n = await _zero_run(test, pos, want)
-            n = max(1, min(want, raw_n, test_n))
-            if raw_zero and test_zero:
-                result.bytes_skipped += n
-                pos += n
-                continue
-            rv, tv = memoryview(raw_buf)[:n], memoryview(test_buf)[:n]
-            await raw.preadv(pos, rv)
-            await test.preadv(pos, tv)
-            for sector, first, last in differing_sectors(rv, tv, pos):
-                builder.add(sector, first, last)
-            result.bytes_compared += n
+    while pos < end:
+        if stop():
+            result.cancelled = True
+            result.length = pos - offset
+            break
+        want = min(CHUNK, end - pos)
+        raw_zero, raw_n = await _zero_run(raw, pos, want)
+        test_zero, test_n = await _zero_run(test, pos, want)
+        n = max(1, min(want, raw_n, test_n))
+        if raw_zero and test_zero:
+            result.bytes_skipped += n
             pos += n
-    except KeyboardInterrupt:
-        result.cancelled = True
-        result.length = pos - offset
+            continue
+        rv, tv = memoryview(raw_buf)[:n], memoryview(test_buf)[:n]
+        await raw.preadv(pos, rv)
+        await test.preadv(pos, tv)
+        for sector, first, last in differing_sectors(rv, tv, pos):
+            builder.add(sector, first, last)
+        result.bytes_compared += n
+        pos += n
     builder.close()
     result.extents = builder.extents
     result.seconds = time.perf_counter() - t0

@@ -80,12 +80,16 @@ def verify_f(s: Session, argv: list[str]) -> int:
         offset, length = 0, node.getlength()
     raw, test = node.children["raw"], node.children["test"]
     try:
-        result = scheduler.run_sync(compare_children(raw, test, offset, length))
+        result = scheduler.run_sync(
+            compare_children(raw, test, offset, length, lambda: s.cancel.requested)
+        )
     except BlockError as exc:
         s.r.message(f"verify failed: {exc.strerror}")
         return -exc.errno
     s.r.verify(result, quiet)
-    return -errno.EIO if result.extents or result.cancelled else 0
+    if result.extents:
+        return -errno.EIO
+    return -errno.EINTR if result.cancelled else 0
 
 
 DIFF_HELP = (

@@ -192,7 +192,7 @@ class SectionList:
 
     def add(self, group: str, items: list[tuple[str, str]], ident: str | None) -> Section:
         """qemu_opts_from_qdict / absorb: a new section; unknown keys raise."""
-        section = self._create(group, ident)
+        section = self.create(group, ident)
         desc = GROUPS[group]
         for key, value in items:
             kind = desc.get(key)
@@ -202,7 +202,7 @@ class SectionList:
             section.values[key] = value
         return section
 
-    def _create(self, group: str, ident: str | None) -> Section:
+    def create(self, group: str, ident: str | None) -> Section:
         if ident is not None:
             if not _id_wellformed(ident):
                 raise OpenError(
@@ -364,7 +364,7 @@ def parse_inline(options: Options, sections: SectionList) -> None:
             continue
         # First try one unnumbered section: absorb the keys the group knows.
         size = len(sub)
-        section = sections._create(group, None)
+        section = sections.create(group, None)
         _absorb(section, sub)
         left = len(sub)
         if left and left < size:
@@ -406,7 +406,7 @@ def _parse_numbered(group: str, sub: Options, sections: SectionList) -> None:
     for number, entry in enumerate(entries):
         if entry is None:
             raise OpenError(f"[{group}] section (index {number}) does not consist of keys")
-        section = sections._create(group, f"{group}.{number}")
+        section = sections.create(group, f"{group}.{number}")
         _absorb(section, entry)
         rest = qdict_order(list(entry))
         if rest:

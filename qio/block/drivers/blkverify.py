@@ -24,6 +24,8 @@ Where QEMU 7.2 crashes or lets the children drift apart, qio keeps them equal:
 from __future__ import annotations
 
 import errno
+from collections.abc import Coroutine
+from typing import Any
 
 from qio.block.compare import first_difference
 from qio.block.mismatch import BlkverifyExit, BlkverifyMismatch
@@ -181,10 +183,10 @@ class BlkverifyNode(BlockNode):
         raise BlkverifyExit(mismatch, self)
 
 
-async def _outcome(request: object) -> BlockError | None:
+async def _outcome(request: Coroutine[Any, Any, None]) -> BlockError | None:
     """Run one child request; its error (QEMU's negative return value) or None."""
     try:
-        await request  # type: ignore[misc]
+        await request
     except BlockError as exc:
         return exc
     return None

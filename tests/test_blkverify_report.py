@@ -290,3 +290,23 @@ def test_multi_gib_sparse_pair(tmp_path: Path) -> None:
     )
     assert status == 1
     assert elapsed < 10
+
+
+def test_zero_write_and_truncate_keep_the_children_equal(pair: Path) -> None:
+    """qemu-io 7.2 aborts on write -z and truncates only the raw child; qio does both sides."""
+    out, _err, status = qio(
+        pair,
+        "-f", "raw",
+        "-c", "write -q -z 0 4k",
+        "-c", "write -q -z -u 100 1000",
+        "-c", "read -q -P 0 0 4k",
+        "-c", "truncate 2M",
+        "-c", "length",
+        "-c", "verify",
+        "blkverify:a.img:c.img",
+    )  # fmt: skip
+    assert (
+        out == "2 MiB\nverify: 0 mismatching extents, 0 bytes differ in 2097152 bytes at offset 0\n"
+    )
+    assert status == 0
+    assert (pair / "a.img").stat().st_size == (pair / "c.img").stat().st_size == 2 * MIB

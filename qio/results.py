@@ -135,10 +135,11 @@ class DiffResult:
 
     @property
     def first_difference(self) -> int | None:
-        for i, (a, b) in enumerate(zip(self.raw, self.test, strict=True)):
-            if a != b:
-                return self.offset + i
-        return None
+        """The image offset of the first differing byte, if any."""
+        from qio.block.compare import first_difference
+
+        at = first_difference(self.raw, self.test)
+        return None if at is None else self.offset + at
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,12 @@ def test_missing_argument() -> None:
     assert items[-1] == GetoptError("option requires an argument -- 'P'")
 
 
-LONG = (LongOption("cmd", True, "c"), LongOption("copy-on-read", False, "C"), LongOption("cache", True, "t"), LongOption("help", False, "h"))
+LONG = (
+    LongOption("cmd", True, "c"),
+    LongOption("copy-on-read", False, "C"),
+    LongOption("cache", True, "t"),
+    LongOption("help", False, "h"),
+)
 
 
 def test_long_options() -> None:
@@ -47,5 +52,9 @@ def test_long_options() -> None:
         GetoptError("option '--c' is ambiguous; possibilities: '--cmd' '--copy-on-read' '--cache'")
     ]
     assert run(["p", "--bogus"], "c:", LONG)[0] == [GetoptError("unrecognized option '--bogus'")]
-    assert run(["p", "--help=x"], "c:", LONG)[0] == [GetoptError("option '--help' doesn't allow an argument")]
-    assert run(["p", "--cmd"], "c:", LONG)[0] == [GetoptError("option '--cmd' requires an argument")]
+    assert run(["p", "--help=x"], "c:", LONG)[0] == [
+        GetoptError("option '--help' doesn't allow an argument")
+    ]
+    assert run(["p", "--cmd"], "c:", LONG)[0] == [
+        GetoptError("option '--cmd' requires an argument")
+    ]

@@ -80,7 +80,10 @@ def test_hex_with_suffix_is_flagged_for_the_deprecation_warning() -> None:
 def test_parse_error_messages() -> None:
     with pytest.raises(NumberError) as info:
         cvtnum("abc")
-    assert info.value.message() == "Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- abc"
+    assert (
+        info.value.message()
+        == "Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- abc"
+    )
     with pytest.raises(NumberError) as info:
         cvtnum("8E")
     assert info.value.message() == "Parsing error: argument too large -- 8E"
@@ -104,7 +107,9 @@ def test_pattern_accepts(text: str, value: int) -> None:
     assert parse_pattern(text) == value
 
 
-@pytest.mark.parametrize("text", ["08", "256", "-1", "0x11k", "0x", "1a", "0400", "99999999999", " 5x"])
+@pytest.mark.parametrize(
+    "text", ["08", "256", "-1", "0x11k", "0x", "1a", "0400", "99999999999", " 5x"]
+)
 def test_pattern_rejects(text: str) -> None:
     assert parse_pattern(text) is None
 
@@ -145,5 +150,8 @@ def test_timestr() -> None:
 
 def test_report_lines() -> None:
     text = report_lines("read", 0.5, 0, 512, 512, 1, False)
-    assert text == "read 512/512 bytes at offset 0\n512 bytes, 1 ops; 00.50 sec (1 KiB/sec and 2.0000 ops/sec)\n"
+    assert (
+        text
+        == "read 512/512 bytes at offset 0\n512 bytes, 1 ops; 00.50 sec (1 KiB/sec and 2.0000 ops/sec)\n"
+    )
     assert report_lines("wrote", 0.5, 0, 512, 512, 1, True) == "512,1,0:00:00.50,1024.000,2.000\n"

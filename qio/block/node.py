@@ -315,6 +315,9 @@ class BlockNode:
             start = offset - offset % align
             end = -(-(offset + length) // align) * align
             bounce = bytearray(end - start)
+            # QEMU pads with separate head/tail buffers around the caller's own buffer, so
+            # bytes a driver leaves alone (null-co) keep the caller's contents.
+            bounce[offset - start : offset - start + length] = buf
             await self._aligned_preadv(start, memoryview(bounce), flags)
             buf[:] = bounce[offset - start : offset - start + length]
             return

@@ -35,7 +35,7 @@ class FileNode(BlockNode):
 
     async def open(self, options: Options) -> None:
         filename = options.pop_str("filename")
-        if filename is None:
+        if not filename:  # QEMU refuses an empty name the same way as a missing one
             raise OpenError("The 'file' block driver requires a file name")
         locking = options.pop_str("locking", "auto")
         if locking not in ("on", "off", "auto"):

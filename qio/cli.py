@@ -45,7 +45,7 @@ LONG_OPTS = (
     LongOption("object", True, "object"),
     LongOption("image-opts", False, "image-opts"),
     LongOption("force-share", False, "U"),
-    LongOption("color", True, "color"),
+    LongOption("color", True, "color", extension=True),
 )
 
 USAGE = """Usage: {prog} [OPTIONS]... [-c STRING]... [file]

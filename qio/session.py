@@ -9,7 +9,6 @@ count, check the write permission, then run it.
 from __future__ import annotations
 
 import errno
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -119,12 +118,15 @@ class Session:
         assert self.current is not None
         return CommandOptions(self, self.current, argv)
 
-    def number(self, text: str) -> int:
-        """cvtnum plus print_cvtnum_err: the value, or the command ends."""
+    def number(self, text: str, shown: str | None = None) -> int:
+        """cvtnum plus print_cvtnum_err: the value, or the command ends.
+
+        ``shown`` is the word the error message names when it is not ``text``.
+        """
         try:
             parsed = cvtnum(text)
         except NumberError as exc:
-            self.r.message(exc.message())
+            self.r.message(NumberError(exc.code, text if shown is None else shown).message())
             raise CommandAbort(-exc.code) from None
         if parsed.hex_with_suffix:
             self.warn_report(f"Using a multiplier suffix on hex numbers is deprecated: {text}")
@@ -143,8 +145,9 @@ class Session:
         cmd = table.find(words[0])
         if cmd is None:
             self.r.error(f'command "{words[0]}" not found')
-            return -errno.EINVAL
-        status = self._run(cmd, words)
+            status = -errno.EINVAL
+        else:
+            status = self._run(cmd, words)
         if status < 0:
             self.last_error = status
         return status
@@ -224,11 +227,6 @@ class Session:
         except (BlockError, OpenError) as exc:
             msg = exc.message if isinstance(exc, OpenError) else exc.strerror
             self.error_report(msg)
-        for path in blk.temporary_files:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
 
 
 def open_backend(ctx: OpenContext, req: OpenRequest) -> BlockBackend:
@@ -241,19 +239,26 @@ def open_backend(ctx: OpenContext, req: OpenRequest) -> BlockBackend:
             raise OpenError("force-share=on can only be used with read-only images")
     if flags.copy_on_read and not flags.read_write:
         raise OpenError("Can't use copy-on-read on read-only device")
-    root = scheduler.run_sync(open_node(ctx, req.name, options, flags))
-    temporary: list[str] = []
+    base_flags = flags
+    if flags.snapshot:
+        # The image becomes the overlay's backing node, which QEMU opens read-only (so a
+        # probed raw image does not warn either).
+        base_flags = flags.copy()
+        base_flags.read_write = False
+        base_flags.snapshot = False
+    root = scheduler.run_sync(open_node(ctx, req.name, options, base_flags))
     if flags.snapshot:
         from qio.block.snapshot_overlay import append_temp_snapshot
 
-        root, path = append_temp_snapshot(ctx, root, flags)
-        temporary.append(path)
+        try:
+            root = scheduler.run_sync(append_temp_snapshot(ctx, root, flags))
+        except BaseException:
+            scheduler.run_sync(root.close())
+            raise
     if flags.copy_on_read:
         if root.read_only:
             scheduler.run_sync(root.close())
             raise OpenError("Can't use copy-on-read on read-only device")
         root.copy_on_read = True
     finish_graph(root)
-    blk = BlockBackend(root, ctx, req.writethrough, req.name)
-    blk.temporary_files = temporary
-    return blk
+    return BlockBackend(root, ctx, req.writethrough, req.name)

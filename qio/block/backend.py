@@ -23,7 +23,6 @@ class BlockBackend:
         self.writethrough = writethrough
         self.name = name  # the filename argument, when there was one
         self.available = True
-        self.temporary_files: list[str] = []
 
     # -- limits ----------------------------------------------------------------------------
     def getlength(self) -> int:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from qio.block.options import Options
 
 SECTOR = 512
+# BDRV_MAX_LENGTH: INT64_MAX aligned down to the largest alignment QEMU allows (1 GiB).
+MAX_LENGTH = ((1 << 63) - 1) // (1 << 30) * (1 << 30)
 MAX_BOUNCE = 32768 * 1024  # bytes of zeroes written at a time by the zero-write fallback
 _ZEROES = bytes(1 << 20)
 
@@ -553,8 +555,8 @@ class BlockNode:
     async def truncate(self, length: int, exact: bool = False, prealloc: str = "off") -> None:
         if length < 0:
             raise OpenError("Image size cannot be negative", errno.EINVAL)
-        if length > (1 << 63) - (1 << 30):
-            raise OpenError("Image size too large", errno.EFBIG)
+        if length > MAX_LENGTH:
+            raise OpenError(f"offset({length}) exceeds maximum({MAX_LENGTH})", errno.EIO)
         if self.read_only:
             raise OpenError("Image is read-only", errno.EACCES)
         try:

@@ -11,7 +11,7 @@ from qio.block.options import Options, parse_option_string
 from qio.commands.table import NOFILE_OK, command
 from qio.errors import BlockError, OpenError
 from qio.results import AllocResult, InfoResult, MapRun
-from qio.session import CommandAbort, OpenRequest, Session
+from qio.session import OpenRequest, Session
 
 PREALLOC_MODES = ("off", "metadata", "falloc", "full")
 
@@ -150,10 +150,8 @@ def truncate_f(s: Session, argv: list[str]) -> int:
         # qemu-io 7.2 dereferences a missing size and crashes; qio says what is missing.
         s.usage()
         return -errno.EINVAL
-    try:
-        size = s.number(operands[0])
-    except CommandAbort:
-        raise
+    # qemu-io names argv[1] in a parse error, whichever word failed to parse.
+    size = s.number(operands[0], shown=argv[1])
     blk = s.require_blk()
     if not blk.available:
         s.error_report("No medium inserted")

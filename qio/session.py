@@ -171,7 +171,12 @@ class Session:
                     f"bad argument count {argc} to {argv[0]}, expected between {cmd.argmin} and {cmd.argmax} arguments"
                 )
             return -errno.EINVAL
-        if cmd.needs_write and self.blk is not None and self.blk.available and self.blk.read_only:
+        if (
+            cmd.needs_write
+            and self.blk is not None
+            and self.blk.available
+            and self.blk.read_only_node() is not None
+        ):
             self.error_report("Block node is read-only")
             return -errno.EINVAL
         outer, self.current = self.current, cmd
@@ -261,4 +266,10 @@ def open_backend(ctx: OpenContext, req: OpenRequest) -> BlockBackend:
             raise OpenError("Can't use copy-on-read on read-only device")
         root.copy_on_read = True
     finish_graph(root)
-    return BlockBackend(root, ctx, req.writethrough, req.name)
+    blk = BlockBackend(root, ctx, req.writethrough, req.name)
+    if flags.read_write and blk.read_only_node() is not None:
+        # A read-write backend needs WRITE on the whole chain (options can make a node
+        # read-only: read-only=on, file.read-only=on).
+        scheduler.run_sync(root.close())
+        raise OpenError("Block node is read-only")
+    return blk

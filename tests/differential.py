@@ -213,14 +213,40 @@ class Outcome:
         )
 
 
+WINDOW = 1 << 20
+
+
 def file_digest(path: Path) -> str:
-    """Size plus content: equal digests mean byte-identical files (holes read as zeros)."""
+    """Size plus content: equal digests mean byte-identical files.
+
+    Holes are never read (a sparse 4 TiB image costs nothing): only the non-zero 1 MiB
+    windows that hold data are hashed, so the digest does not depend on how the file system
+    laid the holes out.
+    """
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
         h.update(b"size %d\n" % size)
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
+        pos = 0
+        last_window = -1
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+                end = os.lseek(fd, start, os.SEEK_HOLE)
+            except OSError:
+                break  # ENXIO: only a hole remains
+            window = max(start // WINDOW * WINDOW, last_window + WINDOW)
+            while window < end:
+                data = os.pread(fd, WINDOW, window)
+                if data.strip(b"\0"):
+                    h.update(b"%d " % window)
+                    h.update(data)
+                last_window = window
+                window += WINDOW
+            pos = end
+    finally:
+        os.close(fd)
     return h.hexdigest()
 
 

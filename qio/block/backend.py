@@ -41,6 +41,22 @@ class BlockBackend:
     def read_only(self) -> bool:
         return self.root.read_only
 
+    def read_only_node(self) -> BlockNode | None:
+        """The first node a write would need that is read-only, if any.
+
+        QEMU's permission system hands a writer's WRITE permission down to every child but
+        the backing file; a read-only node on that path refuses it ("Block node is
+        read-only"), whether the writer is the backend being opened read-write or a write
+        command asking for the permission later.
+        """
+        pending = [self.root]
+        while pending:
+            node = pending.pop(0)
+            if node.read_only:
+                return node
+            pending.extend(c for role, c in node.children.items() if role != "backing")
+        return None
+
     # -- requests --------------------------------------------------------------------------
     async def pread(self, offset: int, buf: memoryview, flags: ReqFlags = ReqFlags.NONE) -> None:
         self.check(offset, len(buf))

@@ -92,8 +92,8 @@ def apply_generic_options(options: Options, flags: OpenFlags) -> OpenFlags:
     """Pop the options every node understands and fold them into a copy of ``flags``."""
     flags = flags.copy()
     if "read-only" in options:
-        if to_bool("read-only", options.pop("read-only")):
-            flags.read_write = False
+        # An explicit read-only option wins over the inherited flag, either way.
+        flags.read_write = not to_bool("read-only", options.pop("read-only"))
     options.pop("auto-read-only")
     if "cache.direct" in options:
         flags.direct = to_bool("cache.direct", options.pop("cache.direct"))
@@ -110,15 +110,6 @@ def apply_generic_options(options: Options, flags: OpenFlags) -> OpenFlags:
     if detect is not None and detect not in ("off", "on", "unmap"):
         raise OptionError(f"Parameter 'detect-zeroes' does not accept value '{detect}'")
     return flags
-
-
-def _inherit_child_options(parent: Options, child: Options, backing: bool) -> None:
-    """Options a child takes from its parent unless set explicitly (read-only, cache.*)."""
-    for key in ("cache.direct", "cache.no-flush"):
-        if key in parent and key not in child:
-            child.set(key, parent.get(key))
-    if not backing and "read-only" in parent and "read-only" not in child:
-        child.set("read-only", parent.get("read-only"))
 
 
 async def open_node(
@@ -267,7 +258,7 @@ async def open_child(
             )
         node = ctx.find_node(reference)
         if node is None:
-            raise OpenError(f"Cannot find device='' nor node-name='{reference}'")
+            raise OpenError(f"Cannot find device='{reference}' nor node-name='{reference}'")
         return node
     flags = parent_flags.copy()
     flags.snapshot = False
@@ -300,7 +291,8 @@ async def open_backing(
         found = ctx.find_node(str(reference))
         if found is None:
             raise OpenError(
-                f"Could not open backing file: Cannot find device= nor node-name={reference}"
+                "Could not open backing file: "
+                f"Cannot find device='{reference}' nor node-name='{reference}'"
             )
         node.attach("backing", found)
         return

@@ -9,7 +9,6 @@ child; whatever is left over at the end is an error naming the first unknown key
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -234,16 +233,14 @@ def _flatten_into(flat: Options, node: Any, prefix: str) -> None:
 
 
 def parse_json_filename(filename: str) -> Options:
-    """The options of a ``json:{...}`` pseudo-filename (error texts as QEMU's)."""
+    """The options of a ``json:{...}`` pseudo-filename, read as QEMU reads JSON."""
+    from qio.block import qjson
+
     text = filename[len("json:") :]
     try:
-        tree = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if exc.pos >= len(text.rstrip()):
-            detail = "JSON parse error, premature EOI"
-        else:
-            detail = "JSON parse error, invalid keyword"
-        raise OptionError(f"Could not parse the JSON options: {detail}") from None
+        tree = qjson.parse(text.encode("utf-8", "surrogateescape"))
+    except qjson.JSONError as exc:
+        raise OptionError(f"Could not parse the JSON options: {exc.message}") from None
     if not isinstance(tree, dict):
-        raise OptionError("Could not parse the JSON options: Invalid JSON object given")
+        raise OptionError("Invalid JSON object given")
     return flatten(tree)

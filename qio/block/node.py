@@ -309,6 +309,10 @@ class BlockNode:
         if offset < 0:
             raise BlockError(errno.EIO)
         if length == 0:
+            # QEMU passes an aligned zero-length read down to the driver (a real, if empty,
+            # host I/O); only an unaligned one is dropped here.
+            if offset % self.request_alignment == 0:
+                await self.drv_preadv(offset, buf, flags)
             return
         if self.copy_on_read:
             flags |= ReqFlags.COPY_ON_READ
@@ -386,7 +390,7 @@ class BlockNode:
         length = len(data)
         if offset < 0:
             raise BlockError(errno.EIO)
-        if length == 0:
+        if length == 0 and offset % self.request_alignment:
             return
         align = self.request_alignment
         if align > 1 and (offset % align or length % align):
@@ -441,6 +445,8 @@ class BlockNode:
         if offset < 0 or length < 0:
             raise BlockError(errno.EIO)
         if length == 0:
+            if offset % self.request_alignment == 0:
+                self.write_gen += 1  # an empty request still counts as a write in QEMU
             return
         if not self.flags.unmap:
             flags &= ~ReqFlags.MAY_UNMAP

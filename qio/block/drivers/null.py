@@ -57,11 +57,10 @@ class NullCoNode(BlockNode):
     async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
         self._delay()
 
-    async def drv_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
-        self._delay()
-
+    # No zero-write or discard hooks, as in QEMU: zero writes fall back to writing a zero
+    # buffer (so ``write -z -n`` is "not supported") and discards succeed doing nothing.
     async def drv_pdiscard(self, offset: int, length: int) -> None:
-        self._delay()
+        pass
 
     async def drv_flush_to_disk(self) -> None:
         self._delay()

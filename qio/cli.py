@@ -251,7 +251,8 @@ def _piped_loop(session: Session, console: Console) -> None:
         raw = stdin.readline(MAX_LINE)
         if not raw:
             break
-        line = raw.decode("utf-8", "surrogateescape")
+        # fgets() fills a C string: a NUL byte ends the line as far as qemu-io can see.
+        line = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
         if line.endswith("\n"):
             line = line[:-1]
         session.run_line(line)

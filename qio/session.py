@@ -171,14 +171,12 @@ class Session:
                     f"bad argument count {argc} to {argv[0]}, expected between {cmd.argmin} and {cmd.argmax} arguments"
                 )
             return -errno.EINVAL
-        if (
-            cmd.needs_write
-            and self.blk is not None
-            and self.blk.available
-            and self.blk.read_only_node() is not None
-        ):
-            self.error_report("Block node is read-only")
-            return -errno.EINVAL
+        if cmd.needs_write and self.blk is not None and self.blk.available:
+            if not self.blk.write_permission:
+                if self.blk.read_only_node() is not None:
+                    self.error_report("Block node is read-only")
+                    return -errno.EPERM
+                self.blk.write_permission = True
         outer, self.current = self.current, cmd
         try:
             return cmd.func(self, argv)
@@ -272,4 +270,5 @@ def open_backend(ctx: OpenContext, req: OpenRequest) -> BlockBackend:
         # read-only: read-only=on, file.read-only=on).
         scheduler.run_sync(root.close())
         raise OpenError("Block node is read-only")
+    blk.write_permission = flags.read_write
     return blk

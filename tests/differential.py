@@ -85,10 +85,15 @@ QEMU_IO_COMMANDS = frozenset(
     "writev".split()
 )
 USAGE_TEXT = "<USAGE TEXT>"
+NODE_NAME_RE = re.compile(r"'#block\d+'")
 
 
 def normalise(data: bytes, directories: Sequence[str] = ()) -> list[str]:
-    """One stream as the lines that are compared (same rules as the shared runner)."""
+    """One stream as the lines that are compared.
+
+    The shared runner's rules, plus one: automatic node names (``'#block194'``) are masked,
+    because QEMU makes them with a random suffix.
+    """
     text = data.decode("latin-1")
     for d in directories:
         text = text.replace(d, "$DIR")
@@ -102,6 +107,8 @@ def normalise(data: bytes, directories: Sequence[str] = ()) -> list[str]:
             if m:
                 line = m.group("pre") + "<TIME>,<RATE>,<OPS>"
         line = PROG_RE.sub("PROG", line)
+        # QEMU's automatic node names end in two random digits: never comparable.
+        line = NODE_NAME_RE.sub("'#block<N>'", line)
         line = USAGE_RE.sub("Usage: PROG ", line)
         line = SEE_RE.sub("See 'PROG -c help'", line)
         m = HELP_LINE_RE.match(line)

@@ -23,6 +23,10 @@ class BlockBackend:
         self.writethrough = writethrough
         self.name = name  # the filename argument, when there was one
         self.available = True
+        # QEMU's BLK_PERM_WRITE on the backend: held from a read-write open, taken by the
+        # first write command, given up by ``reopen -r``; a node cannot become read-only
+        # while the backend holds it.
+        self.write_permission = False
 
     # -- limits ----------------------------------------------------------------------------
     def getlength(self) -> int:

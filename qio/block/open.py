@@ -36,7 +36,6 @@ CACHE_MODES = {
     "none": (True, False, False),
     "off": (True, False, False),
     "writeback": (False, False, False),
-    "on": (False, False, False),
     "writethrough": (False, False, True),
     "directsync": (True, False, True),
     "unsafe": (False, True, False),

@@ -3,7 +3,8 @@
 The format (see /work/shared/conformance/README.md): ``desc``/``timeout`` lines, setup lines
 executed with the real QEMU tools in both directories (``image``, ``qemu-img``, ``qemu-io``,
 ``fill``, ``ramp``, ``poke``, ``file``), then ``run`` blocks whose ``-c`` lines are taken
-verbatim.  qio's extension, used only by cases under ``tests/cases/piped/`` (the shared runner
+verbatim.  A ``# requires: DRIVER...`` comment names qio drivers the case needs (the test
+is skipped while qio lacks them).  qio's other extension, used only by cases under ``tests/cases/piped/`` (the shared runner
 would reject it): a ``< TEXT`` line appends ``TEXT`` plus a newline to the run's piped stdin
 (``<`` alone is an empty line).
 """
@@ -80,6 +81,8 @@ class CaseFile:
     runs: list[RunBlock] = field(default_factory=list)
     formats: dict[str, str] = field(default_factory=dict)  # image name -> format
     plain: set[str] = field(default_factory=set)  # files declared with ``file``
+    # qio drivers the case needs (a "# requires: qcow2" comment, ignored by the shared runner)
+    requires: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -119,6 +122,9 @@ def parse_case(path: Path, allow_stdin: bool = False) -> CaseFile:
             text = raw.lstrip()[1:]
             text = text[1:] if text.startswith(" ") else text
             current.stdin = (current.stdin or b"") + text.encode() + b"\n"
+            continue
+        if line.startswith("# requires:"):
+            case.requires += line.split(":", 1)[1].split()
             continue
         if not line or line.startswith("#"):
             continue

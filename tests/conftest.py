@@ -31,7 +31,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and "scenario_key" in callspec.params:
-            selected.append(callspec.params["scenario_key"])
+            if not any(m.name == "skip" for m in item.iter_markers()):
+                selected.append(callspec.params["scenario_key"])
     config.stash[SELECTED] = selected
 
 

@@ -155,3 +155,9 @@ def test_report_lines() -> None:
         == "read 512/512 bytes at offset 0\n512 bytes, 1 ops; 00.50 sec (1 KiB/sec and 2.0000 ops/sec)\n"
     )
     assert report_lines("wrote", 0.5, 0, 512, 512, 1, True) == "512,1,0:00:00.50,1024.000,2.000\n"
+
+
+def test_fraction_rounding_to_one_behaves_like_the_c_conversion() -> None:
+    # strtod gives 1.0 for ".99999999999999999999"; (uint64_t)(1.0 * 2^64) is 0 on x86-64.
+    assert cvtnum("1.99999999999999999999k").value == 1024
+    assert cvtnum("0.99999999999999999999k").value == 0

@@ -236,7 +236,7 @@ def file_digest(path: Path) -> str:
         size = os.fstat(fd).st_size
         h.update(b"size %d\n" % size)
         pos = 0
-        last_window = -1
+        last_window = -WINDOW  # none hashed yet
         while pos < size:
             try:
                 start = os.lseek(fd, pos, os.SEEK_DATA)

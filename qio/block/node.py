@@ -129,6 +129,10 @@ class BlockNode:
     supports_backing: ClassVar[bool] = False
     has_debug_events: ClassVar[bool] = False  # blkdebug
     needs_filename: ClassVar[bool] = False
+    # Discards: True hands unaligned heads and tails down as separate requests, exactly as
+    # QEMU's generic layer does; False (the default) drops them here, which is what a driver
+    # that ignores partial clusters (qcow2) ends up doing anyway.
+    passes_partial_discards: ClassVar[bool] = False
 
     def __init__(self, context: OpenContext, flags: OpenFlags) -> None:
         self.context = context
@@ -505,6 +509,10 @@ class BlockNode:
         if not self.flags.unmap or length == 0:
             return
         align = max(self.pdiscard_alignment, self.request_alignment)
+        if self.passes_partial_discards:
+            await self._fragmented_pdiscard(offset, length, align)
+            self.write_gen += 1
+            return
         head = offset
         end = offset + length
         # Unaligned head and tail are dropped: a discard is only advice.
@@ -528,6 +536,36 @@ class BlockNode:
                     raise
             pos += num
         self.write_gen += 1
+
+    async def _fragmented_pdiscard(self, offset: int, length: int, align: int) -> None:
+        """QEMU's bdrv_co_pdiscard loop: nothing is dropped; an unaligned head and tail go
+        down as separate small requests (a raw image over a file punches them too)."""
+        request_align = self.request_alignment
+        head = offset % align
+        tail = (offset + length) % align
+        limit = self.max_pdiscard or MAX_LENGTH
+        limit -= limit % align
+        while length > 0:
+            num = length
+            if head:
+                num = min(length, align - head)
+                if num % request_align:
+                    num %= request_align
+                head = (head + num) % align
+            elif tail:
+                if num > align:
+                    num -= tail
+                elif tail % request_align and tail > request_align:
+                    tail %= request_align
+                    num -= tail
+            num = min(num, limit)
+            try:
+                await self.drv_pdiscard(offset, num)
+            except BlockError as exc:
+                if exc.errno != errno.ENOTSUP:
+                    raise
+            offset += num
+            length -= num
 
     async def flush(self) -> None:
         if self.read_only or self.closed:

@@ -19,6 +19,7 @@ from qio.errors import BlockError, OpenError
 class RawNode(BlockNode):
     format_name = "raw"
     is_format = True
+    passes_partial_discards = True
 
     offset = 0
     size: int | None = None

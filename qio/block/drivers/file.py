@@ -79,7 +79,7 @@ class FileNode(BlockNode):
             fd = os.open(self.filename, mode | os.O_CLOEXEC)
         except OSError as exc:
             raise OpenError(
-                f"Could not reopen file: {os.strerror(exc.errno or errno.EIO)}",
+                f"Could not open '{self.filename}': {os.strerror(exc.errno or errno.EIO)}",
                 exc.errno or errno.EIO,
             ) from None
         os.close(self.fd)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import errno
 import os
 import struct
-import tempfile
+import random
+import string
 
 from qio.block.node import BlockNode, OpenFlags
 from qio.block.open import OpenContext, open_node
@@ -86,13 +87,13 @@ def temporary_directory() -> str:
 
 async def append_temp_snapshot(ctx: OpenContext, base: BlockNode, flags: OpenFlags) -> BlockNode:
     """Open a temporary qcow2 overlay above ``base`` and return it (the new root)."""
+    suffix = "".join(random.choices(string.ascii_letters + string.digits, k=6))
+    path = os.path.join(temporary_directory(), f"vl.{suffix}")
     try:
-        fd, path = tempfile.mkstemp(prefix="vl.", dir=temporary_directory())
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise OpenError(
-            f"Could not get temporary filename: {os.strerror(exc.errno or errno.EIO)}",
-            exc.errno or errno.EIO,
-        ) from None
+        err = exc.errno or errno.EIO
+        raise OpenError(f"Could not open temporary file '{path}': {os.strerror(err)}", err) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(empty_qcow2(base.getlength()))

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 import random
 import string
+import struct
 
 from qio.block.node import BlockNode, OpenFlags
 from qio.block.open import OpenContext, open_node
@@ -93,7 +93,9 @@ async def append_temp_snapshot(ctx: OpenContext, base: BlockNode, flags: OpenFla
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         err = exc.errno or errno.EIO
-        raise OpenError(f"Could not open temporary file '{path}': {os.strerror(err)}", err) from None
+        raise OpenError(
+            f"Could not open temporary file '{path}': {os.strerror(err)}", err
+        ) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(empty_qcow2(base.getlength()))

@@ -99,3 +99,11 @@ def test_matches_qemu_io(text: str) -> None:
         assert "Could not parse the JSON options" not in theirs
         if not isinstance(value, dict):
             assert theirs == f"{prefix}Invalid JSON object given\n"
+
+
+def test_nesting_limit() -> None:
+    deep_ok = b'{"a":' + b"[" * 1023 + b"]" * 1023 + b"}"
+    assert isinstance(parse(deep_ok), dict)
+    with pytest.raises(JSONError) as info:
+        parse(b'{"a":' + b"[" * 1024 + b"]" * 1024 + b"}")
+    assert info.value.message == "JSON nesting depth limit exceeded"

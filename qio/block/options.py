@@ -218,18 +218,23 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> Options:
 
 
 def _flatten_into(flat: Options, node: Any, prefix: str) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if isinstance(value, dict | list):
-                _flatten_into(flat, value, f"{prefix}{key}.")
-            else:
-                flat.set(f"{prefix}{key}", value)
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            if isinstance(value, dict | list):
-                _flatten_into(flat, value, f"{prefix}{index}.")
-            else:
-                flat.set(f"{prefix}{index}", value)
+    """Depth first, in document order, without recursion (JSON may nest 1024 levels)."""
+    stack: list[tuple[Iterator[tuple[Any, Any]], str]] = [(_members(node), prefix)]
+    while stack:
+        members, base = stack[-1]
+        member = next(members, None)
+        if member is None:
+            stack.pop()
+            continue
+        key, value = member
+        if isinstance(value, dict | list):
+            stack.append((_members(value), f"{base}{key}."))
+        else:
+            flat.set(f"{base}{key}", value)
+
+
+def _members(node: Any) -> Iterator[tuple[Any, Any]]:
+    return iter(node.items()) if isinstance(node, dict) else iter(enumerate(node))
 
 
 def parse_json_filename(filename: str) -> Options:

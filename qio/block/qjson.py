@@ -21,10 +21,13 @@ differently, and both show in qemu-io's "can't open device" line.  This module f
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 INT64_MIN, INT64_MAX, UINT64_MAX = -(1 << 63), (1 << 63) - 1, (1 << 64) - 1
+MAX_NESTING = 1 << 10  # open brackets and braces at once
 
 
 class JSONError(ValueError):
@@ -201,6 +204,11 @@ def parse(data: bytes) -> Any:
             continue
         braces += {LCURLY: 1, RCURLY: -1}.get(token.kind, 0)
         brackets += {LSQUARE: 1, RSQUARE: -1}.get(token.kind, 0)
+        if braces + brackets > MAX_NESTING:
+            pending.clear()
+            braces = brackets = 0
+            emit(None, "JSON nesting depth limit exceeded")
+            continue
         pending.append(token)
         if (braces > 0 or brackets > 0) and braces >= 0 and brackets >= 0:
             continue
@@ -216,9 +224,15 @@ def parse(data: bytes) -> Any:
     return result[0]
 
 
-def _emit_parsed(tokens: list[Token], emit: Any) -> None:
+def _emit_parsed(tokens: list[Token], emit: Callable[[Any, str | None], None]) -> None:
     parser = _Parser(tokens)
-    value = parser.value()
+    # Nesting is limited to MAX_NESTING levels, two parser frames each.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 3 * MAX_NESTING + 200))
+    try:
+        value = parser.value()
+    finally:
+        sys.setrecursionlimit(limit)
     if parser.error is not None:
         emit(None, f"JSON parse error, {parser.error}")
     else:
@@ -278,10 +292,11 @@ class _Parser:
     def object(self) -> dict[str, Any] | None:
         self.pop()
         result: dict[str, Any] = {}
-        if self.peek() is None:
+        first = self.peek()
+        if first is None:
             self.fail("premature EOI")
             return None
-        if self.peek().kind == RCURLY:  # type: ignore[union-attr]
+        if first.kind == RCURLY:
             self.pop()
             return result
         if not self.pair(result):

@@ -236,19 +236,17 @@ def open_backend(ctx: OpenContext, req: OpenRequest) -> BlockBackend:
     """blk_new_open: the whole graph for one image, with -s / -C / -U applied."""
     flags = req.flags
     options = req.options
-    if flags.force_share or str(options.get("force-share", "off")) in ("on", "true", "True"):
-        read_only_opt = str(options.get("read-only", "off")) in ("on", "true", "True")
-        if flags.read_write and not read_only_opt:
-            raise OpenError("force-share=on can only be used with read-only images")
-    if flags.copy_on_read and not flags.read_write:
-        raise OpenError("Can't use copy-on-read on read-only device")
     base_flags = flags
     if flags.snapshot:
-        # The image becomes the overlay's backing node, which QEMU opens read-only (so a
-        # probed raw image does not warn either).
+        # The image becomes the overlay's backing node, which QEMU opens read-only whatever
+        # the options say (so a probed raw image does not warn either); copy-on-read
+        # belongs to the overlay.
         base_flags = flags.copy()
         base_flags.read_write = False
         base_flags.snapshot = False
+        base_flags.copy_on_read = False
+        options.pop("read-only")
+    # force-share and copy-on-read are checked node by node as QEMU does (open_node).
     root = scheduler.run_sync(open_node(ctx, req.name, options, base_flags))
     if flags.snapshot:
         from qio.block.snapshot_overlay import append_temp_snapshot
@@ -259,9 +257,6 @@ def open_backend(ctx: OpenContext, req: OpenRequest) -> BlockBackend:
             scheduler.run_sync(root.close())
             raise
     if flags.copy_on_read:
-        if root.read_only:
-            scheduler.run_sync(root.close())
-            raise OpenError("Can't use copy-on-read on read-only device")
         root.copy_on_read = True
     finish_graph(root)
     blk = BlockBackend(root, ctx, req.writethrough, req.name)

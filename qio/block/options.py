@@ -69,7 +69,21 @@ class Options:
             self._items.setdefault(key, value)
 
     def first_key(self) -> str | None:
-        return next(iter(self._items), None)
+        """The key QEMU's ``qdict_first`` returns: QDict is a hash table, so "the first
+        unknown option" in an error message is the one in the lowest hash bucket (the most
+        recently added one when two share a bucket), not the first one written."""
+        best: tuple[int, int] | None = None
+        found: str | None = None
+        for index, key in enumerate(self._items):
+            rank = (qdict_bucket(key), -index)
+            if best is None or rank < best:
+                best, found = rank, key
+        return found
+
+    def in_qdict_order(self) -> list[str]:
+        """All keys in the order QEMU iterates its QDict (see ``first_key``)."""
+        indexed = list(enumerate(self._items))
+        return [key for _, key in sorted(indexed, key=lambda e: (qdict_bucket(e[1]), -e[0]))]
 
     # -- children -------------------------------------------------------------------------
     def extract(self, prefix: str) -> Options:
@@ -136,6 +150,18 @@ class Options:
         return to_size(key, value)
 
 
+QDICT_BUCKETS = 512
+
+
+def qdict_bucket(key: str) -> int:
+    """The hash bucket of ``key`` in QEMU's QDict (its tdb_hash, modulo 512 buckets)."""
+    data = key.encode("utf-8", "surrogateescape")
+    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
+    for i, byte in enumerate(data):
+        value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
+    return ((1103515243 * value + 12345) & 0xFFFFFFFF) % QDICT_BUCKETS
+
+
 def to_bool(key: str, value: Value) -> bool:
     if isinstance(value, bool):
         return value
@@ -167,47 +193,54 @@ def to_size(key: str, value: Value) -> int:
 
 
 def parse_option_string(text: str, warnings: list[str] | None = None) -> Options:
-    """QEMU's QemuOpts syntax: ``key=value,...`` with ``,,`` for a literal comma.
+    """QEMU's QemuOpts syntax: ``key=value,...``; in a value ``,,`` is a literal comma.
 
-    A bare ``key`` means ``key=on`` (and ``nokey`` ``key=off``), with QEMU's deprecation
-    warning appended to ``warnings``.
+    A bare word is a flag: ``key`` means ``key=on`` and ``nokey`` ``key=off``, with QEMU's
+    deprecation warning appended to ``warnings`` (not for ``help``/``?``).  An empty element
+    (``,x`` or ``,,`` where a name is expected) is a flag with an empty name, as in QEMU.
     """
     opts = Options()
-    i = 0
-    n = len(text)
+    i, n = 0, len(text)
     while i < n:
-        # The name runs to '=' or ','.
         j = i
         while j < n and text[j] not in "=,":
             j += 1
         name = text[i:j]
         if j < n and text[j] == "=":
-            value_chars: list[str] = []
-            k = j + 1
-            while k < n:
-                if text[k] == ",":
-                    if k + 1 < n and text[k + 1] == ",":
-                        value_chars.append(",")
-                        k += 2
-                        continue
-                    break
-                value_chars.append(text[k])
-                k += 1
-            opts.set(name, "".join(value_chars))
-            i = k + 1
+            value, i = _option_value(text, j + 1)
+            opts.set(name, value)
         else:
-            if name:
-                if name.startswith("no"):
-                    key, value = name[2:], "off"
+            negated = name.startswith("no")
+            key, value = (name[2:], "off") if negated else (name, "on")
+            if warnings is not None and (negated or key not in ("help", "?")):
+                if key == "delay":  # QEMU's one special case: delay is spelled nodelay
+                    hint = f"nodelay={'on' if negated else 'off'}"
                 else:
-                    key, value = name, "on"
-                if warnings is not None:
-                    warnings.append(
-                        f"short-form boolean option '{name}' deprecated\nPlease use {key}={value} instead"
-                    )
-                opts.set(key, value)
-            i = j + 1
+                    hint = f"{key}={value}"
+                warnings.append(
+                    f"short-form boolean option '{name}' deprecated\nPlease use {hint} instead"
+                )
+            opts.set(key, value)
+            i = j
+        if i < n and text[i] == ",":
+            i += 1
     return opts
+
+
+def _option_value(text: str, i: int) -> tuple[str, int]:
+    """QEMU's get_opt_value: the value from ``i`` to the next single comma."""
+    chars: list[str] = []
+    n = len(text)
+    while i < n:
+        if text[i] == ",":
+            if i + 1 < n and text[i + 1] == ",":
+                chars.append(",")
+                i += 2
+                continue
+            break
+        chars.append(text[i])
+        i += 1
+    return "".join(chars), i
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> Options:

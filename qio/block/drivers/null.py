@@ -32,7 +32,7 @@ class NullCoNode(BlockNode):
             )
 
     async def open(self, options: Options) -> None:
-        options.pop("filename")
+        # A "filename" option is not this driver's (null-co:// is parsed away before open).
         self.size = options.pop_size("size", 1 << 30)
         self.latency_ns = options.pop_int("latency-ns", 0)
         if self.latency_ns < 0:

@@ -21,6 +21,7 @@ from qio.getopt import Getopt, GetoptError, LongOption
 from qio.output import Console
 from qio.render.plain import PlainRenderer
 from qio.session import OpenRequest, QuitProgram, Session
+from qio.trace_option import TraceOptionError, open_log_file, parse_trace_option
 
 PROGRAM = "qio"
 PIPE_PROMPT = "qemu-io> "  # what qemu-io prints when reading piped commands (scripts filter it)
@@ -45,7 +46,7 @@ LONG_OPTS = (
     LongOption("object", True, "object"),
     LongOption("image-opts", False, "image-opts"),
     LongOption("force-share", False, "U"),
-    LongOption("color", True, "color"),
+    LongOption("color", True, "color", extension=True),
 )
 
 USAGE = """Usage: {prog} [OPTIONS]... [-c STRING]... [file]
@@ -108,6 +109,7 @@ def run(args: list[str]) -> int:
     image_opts = False
     force_share = False
     native_aio = False
+    trace_log: str | None = None
 
     def die(message: str) -> int:
         console.err.write(f"{PROGRAM}: {message}\n")
@@ -154,7 +156,17 @@ def run(args: list[str]) -> int:
                 return die(f"Invalid cache option: {arg}")
             flags.direct, flags.no_flush, writethrough = mode
         elif opt == "T":
-            pass  # QEMU trace events do not exist here; accepted so scripts keep working
+            try:
+                trace = parse_trace_option(arg)
+            except TraceOptionError as exc:
+                for line in exc.warnings:
+                    console.err.write(f"{PROGRAM}{line}\n")
+                console.err.write(f"{PROGRAM}{exc.message}\n")
+                console.flush()
+                return 1
+            for line in trace.warnings:
+                console.err.write(f"{PROGRAM}{line}\n")
+            trace_log = trace.log_file  # the last -T decides, as in qemu-io
         elif opt == "V":
             console.out.write(
                 f"{PROGRAM} version {__version__} (a Python qemu-io, compatible with qemu-io 7.2)\n"
@@ -183,6 +195,13 @@ def run(args: list[str]) -> int:
         return 1
     if fmt is not None and image_opts:
         return die("--image-opts and -f are mutually exclusive")
+    if trace_log is not None:
+        try:
+            open_log_file(trace_log)
+        except TraceOptionError as exc:
+            console.err.write(f"{PROGRAM}{exc.message}\n")
+            console.flush()
+            return 1
     if native_aio:
         flags.aio = "native"
 
@@ -265,7 +284,8 @@ def _piped_loop(session: Session, console: Console) -> None:
         raw = stdin.readline(MAX_LINE)
         if not raw:
             break
-        line = raw.decode("utf-8", "surrogateescape")
+        # fgets() fills a C string: a NUL byte ends the line as far as qemu-io can see.
+        line = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
         if line.endswith("\n"):
             line = line[:-1]
         session.run_line(line)

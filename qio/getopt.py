@@ -18,6 +18,9 @@ class LongOption:
     name: str
     has_arg: bool
     key: str  # what the caller sees (a short option letter or a long name)
+    # qio's own addition: matched only when spelled out or when no qemu-io option matches
+    # the abbreviation, so abbreviations and ambiguity messages stay exactly qemu-io's.
+    extension: bool = False
 
 
 @dataclass
@@ -86,7 +89,9 @@ class Getopt:
         if exact:
             opt = exact[0]
         else:
-            matches = [o for o in self.longopts if o.name.startswith(name)]
+            matches = [o for o in self.longopts if o.name.startswith(name) and not o.extension]
+            if not matches:
+                matches = [o for o in self.longopts if o.name.startswith(name)]
             distinct = {(o.key, o.has_arg) for o in matches}
             if not matches:
                 return i + 1, GetoptError(f"unrecognized option '{arg}'")

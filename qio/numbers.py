@@ -166,7 +166,9 @@ def _parse_size_general(text: str, default_suffix: str) -> ParsedSize:
             raise NumberError(errno.EINVAL, text)
         else:
             end = fend
-            frac_fixed = min(int(fraction * 2.0**64), UINT64_MAX)
+            # C's (uint64_t)(fraction * 0x1p64): a fraction that rounded up to 1.0 (as
+            # ".99999999999999999999" does) overflows, and on x86-64 that conversion yields 0.
+            frac_fixed = int(fraction * 2.0**64) if fraction < 1.0 else 0
     suffix = text[end].upper() if end < len(text) else ""
     hex_with_suffix = False
     if suffix in _SUFFIX_SHIFT:

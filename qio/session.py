@@ -9,7 +9,6 @@ count, check the write permission, then run it.
 from __future__ import annotations
 
 import errno
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -141,12 +140,15 @@ class Session:
         assert self.current is not None
         return CommandOptions(self, self.current, argv)
 
-    def number(self, text: str) -> int:
-        """cvtnum plus print_cvtnum_err: the value, or the command ends."""
+    def number(self, text: str, shown: str | None = None) -> int:
+        """cvtnum plus print_cvtnum_err: the value, or the command ends.
+
+        ``shown`` is the word the error message names when it is not ``text``.
+        """
         try:
             parsed = cvtnum(text)
         except NumberError as exc:
-            self.r.message(exc.message())
+            self.r.message(NumberError(exc.code, text if shown is None else shown).message())
             raise CommandAbort(-exc.code) from None
         if parsed.hex_with_suffix:
             self.warn_report(f"Using a multiplier suffix on hex numbers is deprecated: {text}")
@@ -171,8 +173,9 @@ class Session:
         cmd = table.find(words[0])
         if cmd is None:
             self.r.error(f'command "{words[0]}" not found')
-            return -errno.EINVAL
-        status = self._run(cmd, words)
+            status = -errno.EINVAL
+        else:
+            status = self._run(cmd, words)
         if status < 0:
             self.last_error = status
         return status
@@ -196,9 +199,12 @@ class Session:
                     f"bad argument count {argc} to {argv[0]}, expected between {cmd.argmin} and {cmd.argmax} arguments"
                 )
             return -errno.EINVAL
-        if cmd.needs_write and self.blk is not None and self.blk.available and self.blk.read_only:
-            self.error_report("Block node is read-only")
-            return -errno.EINVAL
+        if cmd.needs_write and self.blk is not None and self.blk.available:
+            if not self.blk.write_permission:
+                if self.blk.read_only_node() is not None:
+                    self.error_report("Block node is read-only")
+                    return -errno.EPERM
+                self.blk.write_permission = True
         outer, self.current = self.current, cmd
         try:
             return cmd.func(self, argv)
@@ -264,45 +270,39 @@ class Session:
         except (BlockError, OpenError) as exc:
             msg = exc.message if isinstance(exc, OpenError) else exc.strerror
             self.error_report(msg)
-        for path in blk.temporary_files:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
 
 
 def open_backend(ctx: OpenContext, req: OpenRequest) -> BlockBackend:
     """blk_new_open: the whole graph for one image, with -s / -C / -U applied."""
     flags = req.flags
     options = req.options
-    if flags.force_share or str(options.get("force-share", "off")) in ("on", "true", "True"):
-        read_only_opt = str(options.get("read-only", "off")) in ("on", "true", "True")
-        if flags.read_write and not read_only_opt:
-            raise OpenError("force-share=on can only be used with read-only images")
-    if flags.copy_on_read and not flags.read_write:
-        raise OpenError("Can't use copy-on-read on read-only device")
-    image_flags = flags
+    base_flags = flags
     if flags.snapshot:
-        # The image itself is only read: writes land in the temporary overlay.
-        image_flags = flags.copy()
-        image_flags.read_write = False
-        image_flags.snapshot = False
-    root = scheduler.run_sync(open_node(ctx, req.name, options, image_flags))
-    if image_flags.read_write and root.read_only:
-        # The backend wants to write but the options made the node read-only.
-        scheduler.run_sync(root.close())
-        raise OpenError("Block node is read-only")
-    temporary: list[str] = []
+        # The image becomes the overlay's backing node, which QEMU opens read-only whatever
+        # the options say (so a probed raw image does not warn either); copy-on-read
+        # belongs to the overlay.
+        base_flags = flags.copy()
+        base_flags.read_write = False
+        base_flags.snapshot = False
+        base_flags.copy_on_read = False
+        options.pop("read-only")
+    # force-share and copy-on-read are checked node by node as QEMU does (open_node).
+    root = scheduler.run_sync(open_node(ctx, req.name, options, base_flags))
     if flags.snapshot:
         from qio.block.snapshot_overlay import append_temp_snapshot
 
-        root, path = append_temp_snapshot(ctx, root, flags)
-        temporary.append(path)
-    if flags.copy_on_read:
-        if root.read_only:
+        try:
+            root = scheduler.run_sync(append_temp_snapshot(ctx, root, flags))
+        except BaseException:
             scheduler.run_sync(root.close())
-            raise OpenError("Can't use copy-on-read on read-only device")
+            raise
+    if flags.copy_on_read:
         root.copy_on_read = True
     blk = BlockBackend(root, ctx, req.writethrough, req.name)
-    blk.temporary_files = temporary
+    if flags.read_write and blk.read_only_node() is not None:
+        # A read-write backend needs WRITE on the whole chain (options can make a node
+        # read-only: read-only=on, file.read-only=on).
+        scheduler.run_sync(root.close())
+        raise OpenError("Block node is read-only")
+    blk.write_permission = flags.read_write
     return blk

@@ -72,3 +72,16 @@ def run_qio(
         env=qio_env(**env),
         timeout=60,
     )
+
+
+def run_commands(*lines: str) -> tuple[str, str, int]:
+    """(stdout, stderr, last status) of ``lines`` run in-process with no image open."""
+    from qio.render.plain import PlainRenderer
+    from qio.session import Session
+
+    console = capture_console()
+    session = Session(PlainRenderer(console), "qio")
+    status = 0
+    for line in lines:
+        status = session.run_line(line)
+    return out_text(console), err_text(console), status

@@ -58,3 +58,24 @@ def test_long_options() -> None:
     assert run(["p", "--cmd"], "c:", LONG)[0] == [
         GetoptError("option '--cmd' requires an argument")
     ]
+
+
+EXTENDED = (
+    LongOption("cmd", True, "c"),
+    LongOption("copy-on-read", False, "C"),
+    LongOption("cache", True, "t"),
+    LongOption("color", True, "color", extension=True),
+)
+
+
+def test_extension_options_do_not_change_qemu_io_abbreviations() -> None:
+    # "--co" is "--copy-on-read" for qemu-io; qio's "--color" must not make it ambiguous.
+    assert run(["p", "--co"], "c:Ct:", EXTENDED)[0] == [("C", None)]
+    assert run(["p", "--c"], "c:Ct:", EXTENDED)[0] == [
+        GetoptError("option '--c' is ambiguous; possibilities: '--cmd' '--copy-on-read' '--cache'")
+    ]
+
+
+def test_extension_options_still_work_spelled_out_or_unambiguous() -> None:
+    assert run(["p", "--color=never"], "c:Ct:", EXTENDED)[0] == [("color", "never")]
+    assert run(["p", "--col", "always"], "c:Ct:", EXTENDED)[0] == [("color", "always")]

@@ -173,3 +173,9 @@ def test_parse_size_fast_path_agrees_with_the_general_parser(text: str, suffix: 
             return exc.code
 
     assert outcome(parse_size) == outcome(_parse_size_general)
+
+
+def test_fraction_rounding_to_one_behaves_like_the_c_conversion() -> None:
+    # strtod gives 1.0 for ".99999999999999999999"; (uint64_t)(1.0 * 2^64) is 0 on x86-64.
+    assert cvtnum("1.99999999999999999999k").value == 1024
+    assert cvtnum("0.99999999999999999999k").value == 0

@@ -26,7 +26,10 @@ class BlockBackend:
         self.writethrough = writethrough
         self.name = name  # the filename argument, when there was one
         self.available = True
-        self.temporary_files: list[str] = []
+        # QEMU's BLK_PERM_WRITE on the backend: held from a read-write open, taken by the
+        # first write command, given up by ``reopen -r``; a node cannot become read-only
+        # while the backend holds it.
+        self.write_permission = False
 
     # -- limits ----------------------------------------------------------------------------
     def getlength(self) -> int:
@@ -62,6 +65,21 @@ class BlockBackend:
         except MismatchCarrier as exc:
             exc.rebase(self.root, offset, count)
             raise
+    def read_only_node(self) -> BlockNode | None:
+        """The first node a write would need that is read-only, if any.
+
+        QEMU's permission system hands a writer's WRITE permission down to every child but
+        the backing file; a read-only node on that path refuses it ("Block node is
+        read-only"), whether the writer is the backend being opened read-write or a write
+        command asking for the permission later.
+        """
+        pending = [self.root]
+        while pending:
+            node = pending.pop(0)
+            if node.read_only:
+                return node
+            pending.extend(c for role, c in node.children.items() if role != "backing")
+        return None
 
     # -- requests --------------------------------------------------------------------------
     async def pread(self, offset: int, buf: memoryview, flags: ReqFlags = ReqFlags.NONE) -> None:

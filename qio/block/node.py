@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from qio.block.options import Options
 
 SECTOR = 512
+# BDRV_MAX_LENGTH: INT64_MAX aligned down to the largest alignment QEMU allows (1 GiB).
+MAX_LENGTH = ((1 << 63) - 1) // (1 << 30) * (1 << 30)
 MAX_BOUNCE = 32768 * 1024  # bytes of zeroes written at a time by the zero-write fallback
 _ZEROES = bytes(1 << 20)
 
@@ -334,6 +336,10 @@ class BlockNode:
         if offset < 0:
             raise BlockError(errno.EIO)
         if length == 0:
+            # QEMU passes an aligned zero-length read down to the driver (a real, if empty,
+            # host I/O); only an unaligned one is dropped here.
+            if offset % self.request_alignment == 0:
+                await self.drv_preadv(offset, buf, flags)
             return
         if self.copy_on_read:
             flags |= ReqFlags.COPY_ON_READ
@@ -350,6 +356,9 @@ class BlockNode:
                 await self._aligned_preadv(offset, buf, flags)
                 return
             bounce = bytearray(pad.end - pad.start)
+            # QEMU pads with separate head/tail buffers around the caller's own buffer, so
+            # bytes a driver leaves alone (null-co) keep the caller's contents.
+            bounce[pad.head : pad.head + length] = buf
             await self._aligned_preadv(pad.start, memoryview(bounce), flags)
             buf[:] = memoryview(bounce)[pad.head : pad.head + length]
         finally:
@@ -416,7 +425,7 @@ class BlockNode:
         length = len(data)
         if offset < 0:
             raise BlockError(errno.EIO)
-        if length == 0:
+        if length == 0 and offset % self.request_alignment:
             return
         align = self.request_alignment
         if align == 1:
@@ -519,6 +528,8 @@ class BlockNode:
         if offset < 0 or length < 0:
             raise BlockError(errno.EIO)
         if length == 0:
+            if offset % self.request_alignment == 0:
+                self.write_gen += 1  # an empty request still counts as a write in QEMU
             return
         if not self.flags.unmap:
             flags &= ~ReqFlags.MAY_UNMAP
@@ -716,8 +727,8 @@ class BlockNode:
     async def truncate(self, length: int, exact: bool = False, prealloc: str = "off") -> None:
         if length < 0:
             raise OpenError("Image size cannot be negative", errno.EINVAL)
-        if length > (1 << 63) - (1 << 30):
-            raise OpenError("Image size too large", errno.EFBIG)
+        if length > MAX_LENGTH:
+            raise OpenError(f"offset({length}) exceeds maximum({MAX_LENGTH})", errno.EIO)
         if self.read_only:
             raise OpenError("Image is read-only", errno.EACCES)
         try:

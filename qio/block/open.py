@@ -37,7 +37,6 @@ CACHE_MODES = {
     "none": (True, False, False),
     "off": (True, False, False),
     "writeback": (False, False, False),
-    "on": (False, False, False),
     "writethrough": (False, False, True),
     "directsync": (True, False, True),
     "unsafe": (False, True, False),
@@ -97,37 +96,91 @@ class OpenContext:
         return None
 
 
-def apply_generic_options(options: Options, flags: OpenFlags) -> OpenFlags:
-    """Pop the options every node understands and fold them into a copy of ``flags``."""
+RUNTIME_BOOL_OPTIONS = (
+    "read-only",
+    "auto-read-only",
+    "cache.direct",
+    "cache.no-flush",
+    "force-share",
+)
+RUNTIME_OPTIONS = (*RUNTIME_BOOL_OPTIONS, "discard", "detect-zeroes", "node-name")
+DETECT_ZEROES = ("off", "on", "unmap")
+# Options a child takes from its parent unless it sets them itself (bdrv_inherited_options).
+INHERITED_OPTIONS = ("cache.direct", "cache.no-flush", "force-share")
+INHERITED_BY_DATA_CHILDREN = ("read-only", "auto-read-only")
+
+
+def read_write_from_options(options: Options, flags: OpenFlags) -> OpenFlags:
+    """bdrv_open_inherit's first look at ``read-only``: "on" or true means read-only, any
+    other value read-write (a bad value is only reported later, with the other options)."""
     flags = flags.copy()
     if "read-only" in options:
-        if to_bool("read-only", options.pop("read-only")):
-            flags.read_write = False
-    options.pop("auto-read-only")
-    if "cache.direct" in options:
-        flags.direct = to_bool("cache.direct", options.pop("cache.direct"))
-    if "cache.no-flush" in options:
-        flags.no_flush = to_bool("cache.no-flush", options.pop("cache.no-flush"))
-    if "discard" in options:
-        mode = options.pop_str("discard") or ""
-        if mode not in DISCARD_MODES:
-            raise OptionError(f"Invalid discard option: {mode}")
-        flags.unmap = DISCARD_MODES[mode]
-    if "force-share" in options:
-        flags.force_share = to_bool("force-share", options.pop("force-share"))
-    detect = options.pop_str("detect-zeroes")
-    if detect is not None and detect not in ("off", "on", "unmap"):
-        raise OptionError(f"Parameter 'detect-zeroes' does not accept value '{detect}'")
+        value = options.get("read-only")
+        flags.read_write = not (value is True or value == "on")
     return flags
 
 
-def _inherit_child_options(parent: Options, child: Options, backing: bool) -> None:
-    """Options a child takes from its parent unless set explicitly (read-only, cache.*)."""
-    for key in ("cache.direct", "cache.no-flush"):
+def absorb_runtime_options(
+    options: Options, flags: OpenFlags, top: bool, cls: type[BlockNode]
+) -> tuple[OpenFlags, str | None]:
+    """bdrv_open_common's checks of the options every node understands, in QEMU's order.
+
+    Returns the node's flags and its node name (None: generate one).
+    """
+    flags = flags.copy()
+    values = {key: options.pop(key) for key in options.in_qdict_order() if key in RUNTIME_OPTIONS}
+    for key in values:  # type errors, in the order QEMU's QDict yields the keys
+        if key in RUNTIME_BOOL_OPTIONS:
+            to_bool(key, values[key])
+    if "read-only" in values:
+        flags.read_write = not to_bool("read-only", values["read-only"])
+    if "cache.direct" in values:
+        flags.direct = to_bool("cache.direct", values["cache.direct"])
+    if "cache.no-flush" in values:
+        flags.no_flush = to_bool("cache.no-flush", values["cache.no-flush"])
+    if "force-share" in values:
+        flags.force_share = to_bool("force-share", values["force-share"])
+    if flags.force_share and flags.read_write:
+        raise OptionError("force-share=on can only be used with read-only images")
+    if cls.needs_filename and not options.get("filename"):
+        raise OptionError(f"The '{cls.format_name}' block driver requires a file name")
+    if top and flags.copy_on_read and not flags.read_write:
+        raise OptionError("Can't use copy-on-read on read-only device")
+    if "discard" in values:
+        mode = str(values["discard"])
+        if mode not in DISCARD_MODES:
+            raise OptionError("Invalid discard option")
+        flags.unmap = DISCARD_MODES[mode]
+    detect = values.get("detect-zeroes")
+    if detect is not None:
+        if str(detect) not in DETECT_ZEROES:
+            raise OptionError(f"invalid parameter value: {detect}")
+        if detect == "unmap" and not flags.unmap:
+            raise OptionError(
+                "setting detect-zeroes to unmap is not allowed without setting discard "
+                "operation to unmap"
+            )
+    node_name = values.get("node-name")
+    return flags, None if node_name is None else str(node_name)
+
+
+def check_node_name(ctx: OpenContext, name: str) -> None:
+    """bdrv_assign_node_name's rules for a user-given node name."""
+    if not (name[:1].isascii() and name[:1].isalpha()) or any(
+        not (c.isascii() and (c.isalnum() or c in "-._")) for c in name[1:]
+    ):
+        raise OptionError(f"Invalid node-name: '{name}'")
+    if len(name) >= 32:
+        raise OptionError("Node name too long")
+    if ctx.find_node(name) is not None:
+        raise OptionError(f"Duplicate nodes with node-name='{name}'")
+
+
+def inherit_child_options(parent: Options, child: Options, backing: bool) -> None:
+    """bdrv_inherited_options: what a child copies from its parent's options."""
+    for key in INHERITED_OPTIONS if backing else INHERITED_OPTIONS + INHERITED_BY_DATA_CHILDREN:
         if key in parent and key not in child:
             child.set(key, parent.get(key))
-    if not backing and "read-only" in parent and "read-only" not in child:
-        child.set("read-only", parent.get("read-only"))
 
 
 async def open_node(
@@ -137,19 +190,18 @@ async def open_node(
     flags: OpenFlags,
     *,
     protocol: bool = False,
+    top: bool = True,
 ) -> BlockNode:
-    """bdrv_open_inherit: open one node (and, through its driver, its children)."""
+    """bdrv_open_inherit: open one node (and, through its driver, its children).
+
+    The order of the steps is QEMU's, because it decides which of several errors is shown:
+    the driver and filename (bdrv_fill_options), the file child, probing, the options every
+    node understands and the node name (bdrv_open_common), the driver's own options, the
+    backing file, and finally any option nobody took.
+    """
     if filename is not None and filename.startswith("json:"):
         options.merge_missing(_json_options(filename))
         filename = None
-
-    backing_ref = options.get("backing", "<absent>")
-    if "backing" in options and (backing_ref is None or backing_ref == ""):
-        if backing_ref == "":
-            ctx.warn('Use of "backing": "" is deprecated; use "backing": null instead')
-        flags = flags.copy()
-        flags.no_backing = True
-        options.pop("backing")
 
     drvname = options.pop_str("driver")
     cls: type[BlockNode] | None = None
@@ -172,23 +224,33 @@ async def open_node(
         if not cls.needs_filename:
             options.pop("filename")
 
-    node_name = options.pop_str("node-name")
-    flags = apply_generic_options(options, flags)
+    flags = read_write_from_options(options, flags)
+
+    backing_ref = options.get("backing", "<absent>")
+    if "backing" in options and (backing_ref is None or backing_ref == ""):
+        if backing_ref == "":
+            ctx.warn('Use of "backing": "" is deprecated; use "backing": null instead')
+        flags = flags.copy()
+        flags.no_backing = True
+        options.pop("backing")
 
     file_node: BlockNode | None = None
     if not protocol:
         file_node = await open_child(ctx, filename, options, "file", flags, allow_none=True)
-
-    probed = False
-    if cls is None:
-        if file_node is None:
-            raise OpenError("Must specify either driver or file")
-        cls = await _probe(file_node, filename or file_node.filename)
-        probed = True
-
-    if cls.protocol_name is None and protocol:
-        # A format driver named where a protocol was expected is fine (file.driver=qcow2).
-        pass
+    try:
+        probed = False
+        if cls is None:
+            if file_node is None:
+                raise OpenError("Must specify either driver or file")
+            cls = await _probe(file_node, filename or file_node.filename)
+            probed = True
+        flags, node_name = absorb_runtime_options(options, flags, top, cls)
+        if node_name is not None:
+            check_node_name(ctx, node_name)
+    except BaseException:
+        if file_node is not None:
+            await _close_quietly(file_node)
+        raise
 
     node = cls(ctx, flags)
     node.node_name = node_name or ctx.new_node_name()
@@ -278,13 +340,14 @@ async def open_child(
         if node is None:
             raise OpenError(f"Cannot find device='{reference}' nor node-name='{reference}'")
         return node
+    inherit_child_options(parent_options, child_options, backing)
     flags = parent_flags.copy()
     flags.snapshot = False
     flags.no_backing = False
+    flags.copy_on_read = False  # a top-layer flag
     if backing:
         flags.read_write = False
-        flags.copy_on_read = False
-    return await open_node(ctx, filename, child_options, flags, protocol=protocol)
+    return await open_node(ctx, filename, child_options, flags, protocol=protocol, top=False)
 
 
 def resolve_backing_path(overlay_filename: str, backing: str) -> str:
@@ -309,7 +372,8 @@ async def open_backing(
         found = ctx.find_node(str(reference))
         if found is None:
             raise OpenError(
-                f"Could not open backing file: Cannot find device= nor node-name={reference}"
+                "Could not open backing file: "
+                f"Cannot find device='{reference}' nor node-name='{reference}'"
             )
         node.attach("backing", found)
         return
@@ -332,7 +396,7 @@ async def open_backing(
     bflags.snapshot = False
     bflags.no_backing = False
     try:
-        child = await open_node(ctx, backing_name, child_options, bflags)
+        child = await open_node(ctx, backing_name, child_options, bflags, top=False)
     except OpenError as exc:
         raise OpenError(f"Could not open backing file: {exc.message}", exc.errno) from None
     node.attach("backing", child)

@@ -9,7 +9,6 @@ child; whatever is left over at the end is an error naming the first unknown key
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,8 +69,12 @@ class Options:
             self._items.setdefault(key, value)
 
     def first_key(self) -> str | None:
-        """The key QEMU's ``qdict_first`` would name (for "does not support the option")."""
+        """The key QEMU's ``qdict_first`` returns (the "first" unknown option of an error)."""
         return qdict_first(list(self._items))
+
+    def in_qdict_order(self) -> list[str]:
+        """All keys in the order QEMU iterates its QDict (see ``qdict_order``)."""
+        return qdict_order(list(self._items))
 
     # -- children -------------------------------------------------------------------------
     def extract(self, prefix: str) -> Options:
@@ -141,19 +144,20 @@ class Options:
 QDICT_BUCKETS = 512
 
 
-def qdict_hash(key: str) -> int:
-    """QEMU's tdb_hash of a QDict key, reduced to its bucket."""
-    value = (0x238F13AF * len(key.encode())) & 0xFFFFFFFF
-    for i, byte in enumerate(key.encode()):
+def qdict_bucket(key: str) -> int:
+    """The hash bucket of ``key`` in QEMU's QDict (its tdb_hash, modulo 512 buckets)."""
+    data = key.encode("utf-8", "surrogateescape")
+    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
+    for i, byte in enumerate(data):
         value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
     return ((1103515243 * value + 12345) & 0xFFFFFFFF) % QDICT_BUCKETS
 
 
 def qdict_order(keys: list[str]) -> list[str]:
-    """``keys`` (in insertion order) in the order a QDict iterates them: by hash bucket, and
-    within a bucket the most recently inserted first.  Error messages that name "the first"
-    unknown option follow this order."""
-    ranked = sorted(enumerate(keys), key=lambda item: (qdict_hash(item[1]), -item[0]))
+    """``keys`` (in insertion order) in the order a QDict iterates them.  QDict is a hash
+    table: by hash bucket, and within a bucket the most recently inserted first.  Error
+    messages that name "the first" unknown option follow this order."""
+    ranked = sorted(enumerate(keys), key=lambda item: (qdict_bucket(item[1]), -item[0]))
     return [key for _, key in ranked]
 
 
@@ -193,47 +197,54 @@ def to_size(key: str, value: Value) -> int:
 
 
 def parse_option_string(text: str, warnings: list[str] | None = None) -> Options:
-    """QEMU's QemuOpts syntax: ``key=value,...`` with ``,,`` for a literal comma.
+    """QEMU's QemuOpts syntax: ``key=value,...``; in a value ``,,`` is a literal comma.
 
-    A bare ``key`` means ``key=on`` (and ``nokey`` ``key=off``), with QEMU's deprecation
-    warning appended to ``warnings``.
+    A bare word is a flag: ``key`` means ``key=on`` and ``nokey`` ``key=off``, with QEMU's
+    deprecation warning appended to ``warnings`` (not for ``help``/``?``).  An empty element
+    (``,x`` or ``,,`` where a name is expected) is a flag with an empty name, as in QEMU.
     """
     opts = Options()
-    i = 0
-    n = len(text)
+    i, n = 0, len(text)
     while i < n:
-        # The name runs to '=' or ','.
         j = i
         while j < n and text[j] not in "=,":
             j += 1
         name = text[i:j]
         if j < n and text[j] == "=":
-            value_chars: list[str] = []
-            k = j + 1
-            while k < n:
-                if text[k] == ",":
-                    if k + 1 < n and text[k + 1] == ",":
-                        value_chars.append(",")
-                        k += 2
-                        continue
-                    break
-                value_chars.append(text[k])
-                k += 1
-            opts.set(name, "".join(value_chars))
-            i = k + 1
+            value, i = _option_value(text, j + 1)
+            opts.set(name, value)
         else:
-            if name:
-                if name.startswith("no"):
-                    key, value = name[2:], "off"
+            negated = name.startswith("no")
+            key, value = (name[2:], "off") if negated else (name, "on")
+            if warnings is not None and (negated or key not in ("help", "?")):
+                if key == "delay":  # QEMU's one special case: delay is spelled nodelay
+                    hint = f"nodelay={'on' if negated else 'off'}"
                 else:
-                    key, value = name, "on"
-                if warnings is not None:
-                    warnings.append(
-                        f"short-form boolean option '{name}' deprecated\nPlease use {key}={value} instead"
-                    )
-                opts.set(key, value)
-            i = j + 1
+                    hint = f"{key}={value}"
+                warnings.append(
+                    f"short-form boolean option '{name}' deprecated\nPlease use {hint} instead"
+                )
+            opts.set(key, value)
+            i = j
+        if i < n and text[i] == ",":
+            i += 1
     return opts
+
+
+def _option_value(text: str, i: int) -> tuple[str, int]:
+    """QEMU's get_opt_value: the value from ``i`` to the next single comma."""
+    chars: list[str] = []
+    n = len(text)
+    while i < n:
+        if text[i] == ",":
+            if i + 1 < n and text[i + 1] == ",":
+                chars.append(",")
+                i += 2
+                continue
+            break
+        chars.append(text[i])
+        i += 1
+    return "".join(chars), i
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> Options:
@@ -244,31 +255,34 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> Options:
 
 
 def _flatten_into(flat: Options, node: Any, prefix: str) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if isinstance(value, dict | list):
-                _flatten_into(flat, value, f"{prefix}{key}.")
-            else:
-                flat.set(f"{prefix}{key}", value)
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            if isinstance(value, dict | list):
-                _flatten_into(flat, value, f"{prefix}{index}.")
-            else:
-                flat.set(f"{prefix}{index}", value)
+    """Depth first, in document order, without recursion (JSON may nest 1024 levels)."""
+    stack: list[tuple[Iterator[tuple[Any, Any]], str]] = [(_members(node), prefix)]
+    while stack:
+        members, base = stack[-1]
+        member = next(members, None)
+        if member is None:
+            stack.pop()
+            continue
+        key, value = member
+        if isinstance(value, dict | list):
+            stack.append((_members(value), f"{base}{key}."))
+        else:
+            flat.set(f"{base}{key}", value)
+
+
+def _members(node: Any) -> Iterator[tuple[Any, Any]]:
+    return iter(node.items()) if isinstance(node, dict) else iter(enumerate(node))
 
 
 def parse_json_filename(filename: str) -> Options:
-    """The options of a ``json:{...}`` pseudo-filename (error texts as QEMU's)."""
+    """The options of a ``json:{...}`` pseudo-filename, read as QEMU reads JSON."""
+    from qio.block import qjson
+
     text = filename[len("json:") :]
     try:
-        tree = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if exc.pos >= len(text.rstrip()):
-            detail = "JSON parse error, premature EOI"
-        else:
-            detail = "JSON parse error, invalid keyword"
-        raise OptionError(f"Could not parse the JSON options: {detail}") from None
+        tree = qjson.parse(text.encode("utf-8", "surrogateescape"))
+    except qjson.JSONError as exc:
+        raise OptionError(f"Could not parse the JSON options: {exc.message}") from None
     if not isinstance(tree, dict):
-        raise OptionError("Could not parse the JSON options: Invalid JSON object given")
+        raise OptionError("Invalid JSON object given")
     return flatten(tree)

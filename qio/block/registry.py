@@ -73,7 +73,13 @@ def lookup(name: str) -> type[BlockNode]:
             raise OpenError(f"Driver '{name}' is not supported by qio")
         raise OpenError(f"Unknown driver '{name}'")
     module_name, _, class_name = spec.partition(":")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # A driver package left out of this installation: a clear refusal, not a traceback.
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise
+        raise OpenError(f"Driver '{name}' is not available in this qio installation") from None
     cls: type[BlockNode] = getattr(module, class_name)
     return cls
 

@@ -7,11 +7,11 @@ import errno
 from qio.block import open as block_open
 from qio.block.coroutine import scheduler
 from qio.block.node import OpenFlags
-from qio.block.options import Options, parse_option_string
+from qio.block.options import Options, parse_option_string, to_bool
 from qio.commands.table import NOFILE_OK, command
 from qio.errors import BlockError, OpenError
 from qio.results import AllocResult, InfoResult, MapRun
-from qio.session import CommandAbort, OpenRequest, Session
+from qio.session import OpenRequest, Session
 
 PREALLOC_MODES = ("off", "metadata", "falloc", "full")
 
@@ -149,10 +149,8 @@ def truncate_f(s: Session, argv: list[str]) -> int:
         # qemu-io 7.2 dereferences a missing size and crashes; qio says what is missing.
         s.usage()
         return -errno.EINVAL
-    try:
-        size = s.number(operands[0])
-    except CommandAbort:
-        raise
+    # qemu-io names argv[1] in a parse error, whichever word failed to parse.
+    size = s.number(operands[0], shown=argv[1])
     blk = s.require_blk()
     if not blk.available:
         s.error_report("No medium inserted")
@@ -318,6 +316,10 @@ def reopen_f(s: Session, argv: list[str]) -> int:
     if opts.operands:
         s.usage()
         return -errno.EINVAL
+    if not read_write:
+        # qemu-io gives up the backend's write permission before anything else is checked.
+        scheduler.drain()
+        blk.write_permission = False
     if "read-only" in options:
         if has_rw:
             s.error_report("Cannot set both -r/-w and 'read-only'")
@@ -335,6 +337,10 @@ def reopen_f(s: Session, argv: list[str]) -> int:
 
     try:
         scheduler.drain()
+        if blk.write_permission and to_bool("read-only", options.get("read-only")):
+            raise OpenError(
+                f"Read-only block node '{root.node_name}' cannot support read-write users"
+            )
         scheduler.run_sync(reopen(root, options))
     except OpenError as exc:
         s.error_report(exc.message)

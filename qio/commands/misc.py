@@ -56,10 +56,24 @@ def sleep_f(s: Session, argv: list[str]) -> int:
         s.r.message(f"{argv[1]} is not a valid number")
         return -errno.EINVAL
     s.r.flush()
-    time.sleep(ms / 1000.0)
+    seconds = sleep_duration_ns(ms, time.time_ns()) / 1e9
+    time.sleep(seconds)
     # The event loop runs while qemu-io sleeps: requests in flight complete meanwhile.
-    scheduler.advance(ms * 1000.0)
+    scheduler.advance(seconds * 1e6)
     return 0
+
+
+def _wrap_int64(value: int) -> int:
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def sleep_duration_ns(ms: int, now_ns: int) -> int:
+    """How long qemu-io's sleep timer really waits: it arms a host-clock timer at
+    ``now + ms * 1000000`` in int64 arithmetic, so huge values wrap into the past and
+    expire at once."""
+    deadline = _wrap_int64(now_ns + _wrap_int64(ms * 1_000_000))
+    return max(0, deadline - now_ns)
 
 
 SIGRAISE_HELP = (

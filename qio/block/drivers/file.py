@@ -11,10 +11,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 
 from qio.block import hostio
 from qio.block.coroutine import COST_FLUSH, COST_PER_MIB, COST_READ, COST_WRITE, scheduler
-from qio.block.node import BlockNode, BlockStatus, DriverInfo, ReqFlags, zero_fill
+from qio.block.node import SECTOR, BlockNode, BlockStatus, DriverInfo, ReqFlags, zero_fill
 from qio.block.options import Options
 from qio.errors import BlockError, OpenError
 
@@ -35,7 +36,7 @@ class FileNode(BlockNode):
 
     async def open(self, options: Options) -> None:
         filename = options.pop_str("filename")
-        if not filename:
+        if not filename:  # QEMU refuses an empty name the same way as a missing one
             raise OpenError("The 'file' block driver requires a file name")
         locking = options.pop_str("locking", "auto")
         if locking not in ("on", "off", "auto"):
@@ -78,7 +79,7 @@ class FileNode(BlockNode):
             fd = os.open(self.filename, mode | os.O_CLOEXEC)
         except OSError as exc:
             raise OpenError(
-                f"Could not reopen file: {os.strerror(exc.errno or errno.EIO)}",
+                f"Could not open '{self.filename}': {os.strerror(exc.errno or errno.EIO)}",
                 exc.errno or errno.EIO,
             ) from None
         os.close(self.fd)
@@ -145,32 +146,77 @@ class FileNode(BlockNode):
 
     async def drv_truncate(self, length: int, exact: bool, prealloc: str) -> None:
         if not self._is_regular:
+            if prealloc != "off":
+                raise OpenError(
+                    f"Preallocation mode '{prealloc}' unsupported for this non-regular file",
+                    errno.ENOTSUP,
+                )
             current = self.drv_getlength()
+            if length != current and exact:
+                raise OpenError("Cannot resize device files", errno.ENOTSUP)
             if length > current:
                 raise OpenError("Cannot grow device files", errno.EINVAL)
             return
+        self._regular_truncate(length, prealloc)
+
+    def _regular_truncate(self, length: int, prealloc: str) -> None:
+        """file-posix's handle_aiocb_truncate, including its side effects on the file."""
         current = os.fstat(self.fd).st_size
+        if current > length and prealloc != "off":
+            raise OpenError("Cannot use preallocation for shrinking files", errno.ENOTSUP)
         if prealloc not in ("off", "falloc", "full"):
             raise OpenError(f"Unsupported preallocation mode: {prealloc}", errno.ENOTSUP)
-        if prealloc != "off" and length < current:
-            raise OpenError("Cannot use preallocation for shrinking files", errno.ENOTSUP)
         try:
-            if prealloc == "falloc" and length > current:
-                os.posix_fallocate(self.fd, current, length - current)
-            elif prealloc == "full" and length > current:
-                zero = bytes(1 << 20)
-                pos = current
-                while pos < length:
-                    n = min(len(zero), length - pos)
-                    os.pwrite(self.fd, zero[:n], pos)
-                    pos += n
-            else:
-                os.ftruncate(self.fd, length)
+            if prealloc == "off":
+                self._host_call("Could not resize file", os.ftruncate, self.fd, length)
+                if current == 0 and length > 0:
+                    self._allocate_first_block(length)
+                return
+            if prealloc == "falloc":
+                if length != current:
+                    self._host_call(
+                        "Could not preallocate new data",
+                        os.posix_fallocate,
+                        self.fd,
+                        current,
+                        length - current,
+                    )
+                    if current == 0:
+                        self._allocate_first_block(length)
+                return
+            self._host_call("Could not resize file", os.ftruncate, self.fd, length)
+            zero = bytes(65536)
+            pos = current
+            while pos < length:
+                n = min(len(zero), length - pos)
+                self._host_call(
+                    "Could not write zeros for preallocation", os.pwrite, self.fd, zero[:n], pos
+                )
+                pos += n
+            self._host_call("Could not flush file to disk", os.fsync, self.fd)
+        except OpenError:
+            try:  # as QEMU: a failed resize puts the old length back
+                os.ftruncate(self.fd, current)
+            except OSError:
+                pass
+            raise
+
+    @staticmethod
+    def _host_call(what: str, func: Callable[..., object], *args: object) -> None:
+        try:
+            func(*args)
         except OSError as exc:
-            raise OpenError(
-                f"Could not resize file: {os.strerror(exc.errno or errno.EIO)}",
-                exc.errno or errno.EIO,
-            ) from None
+            err = exc.errno or errno.EIO
+            raise OpenError(f"{what}: {os.strerror(err)}", err) from None
+
+    def _allocate_first_block(self, length: int) -> None:
+        """QEMU writes zeros over the start of a file it grows from empty (to speed up its
+        alignment probing later), which extends a file grown to less than 512 bytes."""
+        size = SECTOR if length < 4096 else 4096
+        try:
+            os.pwrite(self.fd, bytes(size), 0)
+        except OSError:
+            pass  # failures are ignored, as in QEMU
 
     async def drv_block_status(
         self, offset: int, length: int, want_zero: bool

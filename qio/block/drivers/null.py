@@ -33,7 +33,7 @@ class NullCoNode(BlockNode):
             )
 
     async def open(self, options: Options) -> None:
-        options.pop("filename")
+        # A "filename" option is not this driver's (null-co:// is parsed away before open).
         self.size = options.pop_size("size", 1 << 30)
         self.latency_ns = options.pop_int("latency-ns", 0)
         if self.latency_ns < 0:
@@ -60,11 +60,10 @@ class NullCoNode(BlockNode):
     async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
         await self._delay()
 
-    async def drv_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
-        await self._delay()
-
+    # No zero-write or discard hooks, as in QEMU: zero writes fall back to writing a zero
+    # buffer (so ``write -z -n`` is "not supported") and discards succeed doing nothing.
     async def drv_pdiscard(self, offset: int, length: int) -> None:
-        await self._delay()
+        pass
 
     async def drv_flush_to_disk(self) -> None:
         await self._delay()

@@ -534,6 +534,13 @@ class Qcow2Node(BlockNode):
             raise BlockError(errno.ENOMEDIUM)
         pos = 0
         total = len(data)
+        # A request that needs several allocations runs them as parallel tasks in QEMU (up
+        # to QCOW2_MAX_WORKERS): the next chunk is allocated while the previous one's data
+        # is still being written, so its L2 entries are linked (and the clusters it replaces
+        # freed) only after the later allocations were made.  Deferring the link step to
+        # when the pool is full or the request ends reproduces QEMU's cluster placement.
+        pending: list[tuple[memoryview, list[L2Meta], L2Meta | None]] = []
+        error: BlockError | None = None
         while pos < total:
             await self.lock.acquire()
             try:
@@ -545,22 +552,52 @@ class Qcow2Node(BlockNode):
                         await self.map.abort_meta(meta)
                         self.map.finish_meta(meta)
                     raise
-            except BlockError:
+            except BlockError as exc:
                 self.lock.release()
-                raise
+                error = exc
+                break
             self.lock.release()
-            await self._write_task(host, offset + pos, data[pos : pos + n], metas, flags)
+            chunk = data[pos : pos + n]
+            try:
+                merged = await self._write_data(host, offset + pos, chunk, metas, flags)
+            except BlockError as exc:
+                error = exc
+                break
             pos += n
+            if pos == total and not pending:
+                await self._link_task(chunk, metas, merged)  # one chunk: no task pool
+                return
+            pending.append((chunk, metas, merged))
+            if len(pending) == COMPRESS_WORKERS and pos < total:
+                error = await self._link_tasks(pending)
+                if error is not None:
+                    break
+        later = await self._link_tasks(pending)
+        if error is not None or later is not None:
+            raise error or later  # type: ignore[misc]
 
-    async def _write_task(
+    async def _link_tasks(
+        self, pending: list[tuple[memoryview, list[L2Meta], L2Meta | None]]
+    ) -> BlockError | None:
+        """Finish the queued tasks as QEMU's completion handler does: newest first."""
+        first: BlockError | None = None
+        while pending:
+            chunk, metas, merged = pending.pop()
+            try:
+                await self._link_task(chunk, metas, merged)
+            except BlockError as exc:
+                first = first or exc
+        return first
+
+    async def _write_data(
         self, host: int, offset: int, data: memoryview, metas: list[L2Meta], flags: ReqFlags
-    ) -> None:
+    ) -> L2Meta | None:
+        """The data part of qcow2_co_pwritev_task (unless it goes out with the COW)."""
         merged = self._merge_cow(offset, len(data), metas)
         try:
             if merged is None:
                 await self.fire("write_aio")
                 await self.data_file.pwritev(host, data, flags & ReqFlags.FUA)
-            await self.lock.acquire()
         except BlockError:
             await self.lock.acquire()
             for meta in metas:
@@ -568,16 +605,25 @@ class Qcow2Node(BlockNode):
                 self.map.finish_meta(meta)
             self.lock.release()
             raise
+        return merged
+
+    async def _link_task(
+        self, data: memoryview, metas: list[L2Meta], merged: L2Meta | None
+    ) -> None:
+        """The rest of the task: copy-on-write, then point the L2 entries at the data."""
+        await self.lock.acquire()
         try:
-            for meta in metas:
+            for index, meta in enumerate(metas):
                 try:
                     await self._perform_cow(meta, data if meta is merged else None)
                     await self.map.link_l2(meta)
                 except BlockError:
-                    await self.map.abort_meta(meta)
+                    # This allocation and the ones after it are given up (and waiters woken).
+                    for rest in metas[index:]:
+                        await self.map.abort_meta(rest)
+                        self.map.finish_meta(rest)
                     raise
-                finally:
-                    self.map.finish_meta(meta)
+                self.map.finish_meta(meta)
         finally:
             self.lock.release()
 

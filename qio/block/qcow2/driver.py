@@ -845,6 +845,13 @@ class Qcow2Node(BlockNode):
                     raise OpenError(
                         f"Failed to reduce the number of L2 tables: {exc.strerror}", exc.errno
                     ) from None
+                try:
+                    await self.refcounts.shrink_table()
+                except BlockError as exc:
+                    raise OpenError(
+                        f"Failed to discard unused refblocks: {exc.strerror}", exc.errno
+                    ) from None
+                await self._truncate_file_tail()
             else:
                 try:
                     await self.map.grow_l1_table(new_l1, True)
@@ -866,6 +873,21 @@ class Qcow2Node(BlockNode):
             self.lock.release()
         if length > old_length and prealloc != "off":
             await self._preallocate(old_length, length, prealloc)
+
+    async def _truncate_file_tail(self) -> None:
+        """After shrinking, cut the image file after the last cluster still in use."""
+        file_size = self.image_file.getlength()
+        try:
+            last = await self.refcounts.last_cluster(file_size)
+        except BlockError as exc:
+            raise OpenError(f"Failed to find the last cluster: {exc.strerror}", exc.errno) from None
+        end = (last + 1) * self.cluster_size
+        if end < file_size:
+            try:
+                await self.image_file.truncate(end, False, "off")
+            except (BlockError, OpenError) as exc:
+                reason = exc.message if isinstance(exc, OpenError) else exc.strerror
+                self.context.warn(f"Failed to truncate the tail of the image: {reason}")
 
     async def _preallocate(self, start: int, end: int, mode: str) -> None:
         """Allocate clusters (and for falloc/full, host space) for guest [start, end)."""

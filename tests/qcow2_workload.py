@@ -39,6 +39,8 @@ def normalise(text: str) -> str:
         line = STATS.sub(r"\1<T>", line)
         line = CSTATS.sub(r"\1<T>", line)
         line = re.sub(r"^(qemu-io|qio): ", "PROG: ", line)
+        # QEMU names anonymous nodes '#block' + a counter + two random digits.
+        line = re.sub(r"'#block\d+'", "'#blockN'", line)
         out.append(line)
     return "\n".join(out)
 

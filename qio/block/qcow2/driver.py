@@ -829,8 +829,6 @@ class Qcow2Node(BlockNode):
             if length < old_length:
                 if prealloc != "off":
                     raise OpenError("Preallocation can't be used for shrinking an image")
-                if h.nb_snapshots:
-                    raise OpenError("Can't shrink an image with internal snapshots", errno.ENOTSUP)
                 start = -(-length // self.cluster_size) * self.cluster_size
                 try:
                     if old_length > start:

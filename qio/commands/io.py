@@ -350,7 +350,8 @@ def readv_f(s: Session, argv: list[str]) -> int:
     show_dump = verbose and not quiet
     keep = show_dump and count <= DUMP_BUFFER_LIMIT
     outcome = scheduler.run_sync(
-        _read_request(s, offset, count, check, keep, show_dump and not keep, False)
+        _read_request(s, offset, count, check, keep, show_dump and not keep, False),
+        always_poll=True,
     )
     if outcome.error is not None:
         return io_failed(s, "readv", outcome.error)
@@ -586,7 +587,7 @@ def writev_f(s: Session, argv: list[str]) -> int:
     count = iovec_total(s, operands[1:])
     try:
         seconds, done = scheduler.run_sync(
-            _write_request(s, offset, count, FillSource(pattern), flags)
+            _write_request(s, offset, count, FillSource(pattern), flags), always_poll=True
         )
     except BlockError as exc:
         return io_failed(s, "writev", exc)

@@ -679,6 +679,9 @@ class Qcow2Node(BlockNode):
     async def drv_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
         if self.context.offline:
             raise BlockError(errno.ENOMEDIUM)
+        if flags & ReqFlags.NO_FALLBACK and self.header.version < 3:
+            # Only v3 images declare NO_FALLBACK among their supported zero-write flags.
+            raise BlockError(errno.ENOTSUP)
         sc = self.map.subcluster_size
         head = offset % sc
         tail = -(offset + length) % sc

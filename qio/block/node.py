@@ -585,8 +585,19 @@ class BlockNode:
             raise OpenError("Image size too large", errno.EFBIG)
         if self.read_only:
             raise OpenError("Image is read-only", errno.EACCES)
+        old_size = self.getlength()
         try:
-            await self.drv_truncate(length, exact, prealloc)
+            if (
+                length > old_size
+                and self.supports_backing
+                and self.backing is not None
+                and self.backing.getlength() > old_size
+            ):
+                # The backing file would show through the new area: it must read as zeros
+                # (bdrv_co_truncate's BDRV_REQ_ZERO_WRITE; only formats with backing files).
+                await self.drv_truncate(length, exact, prealloc, zero_write=True)  # type: ignore[call-arg]
+            else:
+                await self.drv_truncate(length, exact, prealloc)
         except OpenError:
             child = self.filtered_child()
             if type(self).drv_truncate is BlockNode.drv_truncate and child is not None:

@@ -30,6 +30,7 @@ from qio.block.qcow2.cluster import (
     SC_ZERO_ALLOC,
     SC_ZERO_PLAIN,
     ClusterMap,
+    CowRegion,
     L2Meta,
 )
 from qio.block.qcow2.layout import (
@@ -56,7 +57,7 @@ from qio.block.qcow2.layout import (
     serialize_header,
     vm_state_offset,
 )
-from qio.block.qcow2.refcount import DISCARD_ALWAYS, DISCARD_REQUEST, Refcounts
+from qio.block.qcow2.refcount import DISCARD_ALWAYS, DISCARD_OTHER, DISCARD_REQUEST, Refcounts
 from qio.errors import BlockError, OpenError
 
 DEFAULT_L2_CACHE_BYTES = 8 << 20
@@ -816,43 +817,25 @@ class Qcow2Node(BlockNode):
         finally:
             self.lock.release()
 
-    async def drv_truncate(self, length: int, exact: bool, prealloc: str) -> None:
+    async def drv_truncate(
+        self, length: int, exact: bool, prealloc: str, zero_write: bool = False
+    ) -> None:
+        """qcow2_co_truncate.  ``zero_write``: the new area must read as zeros (the backing
+        file is longer than the old size and would show through otherwise)."""
         if prealloc not in PREALLOC_MODES:
             raise OpenError(f"Unsupported preallocation mode '{prealloc}'", errno.ENOTSUP)
         if length % 512:
             raise OpenError("The new size must be a multiple of 512")
         h = self.header
-        if h.nb_snapshots and h.version < 3:
-            raise OpenError("Can't resize a v2 image which has snapshots", errno.ENOTSUP)
         await self.lock.acquire()
         try:
+            if h.nb_snapshots and h.version < 3:
+                raise OpenError("Can't resize a v2 image which has snapshots", errno.ENOTSUP)
             old_length = self.getlength()
             per_l1 = h.l2_entries * self.cluster_size
             new_l1 = -(-length // per_l1)
             if length < old_length:
-                if prealloc != "off":
-                    raise OpenError("Preallocation can't be used for shrinking an image")
-                start = -(-length // self.cluster_size) * self.cluster_size
-                try:
-                    if old_length > start:
-                        await self.map.discard(start, old_length - start, DISCARD_ALWAYS, True)
-                except BlockError as exc:
-                    raise OpenError(
-                        f"Failed to discard cropped clusters: {exc.strerror}", exc.errno
-                    ) from None
-                try:
-                    await self.map.shrink_l1_table(new_l1)
-                except BlockError as exc:
-                    raise OpenError(
-                        f"Failed to reduce the number of L2 tables: {exc.strerror}", exc.errno
-                    ) from None
-                try:
-                    await self.refcounts.shrink_table()
-                except BlockError as exc:
-                    raise OpenError(
-                        f"Failed to discard unused refblocks: {exc.strerror}", exc.errno
-                    ) from None
-                await self._truncate_file_tail()
+                await self._shrink(length, old_length, prealloc, new_l1)
             else:
                 try:
                     await self.map.grow_l1_table(new_l1, True)
@@ -860,8 +843,28 @@ class Qcow2Node(BlockNode):
                     raise OpenError(
                         f"Failed to grow the L1 table: {exc.strerror}", exc.errno
                     ) from None
-            if prealloc == "off" and self.has_data_file and self.data_file is not self.file:
-                await self.data_file.truncate(length, exact, "off")
+                if h.data_file_raw and prealloc == "off":
+                    # The L2 tables of a raw data file's image always map everything.
+                    prealloc = "metadata"
+            if prealloc == "off":
+                if self.has_data_file:
+                    await self.data_file.truncate(length, exact, "off")
+            elif prealloc == "metadata" or self.has_data_file:
+                await self._preallocate(old_length, length, prealloc)
+            else:
+                zero_write = await self._preallocate_host(old_length, length, prealloc, zero_write)
+            if zero_write and length > old_length:
+                await self._zero_new_area(old_length, length)
+            if prealloc != "off":
+                try:
+                    await self.l2_cache.write()
+                    if self.needs_accurate_refcounts:
+                        await self.refblock_cache.write()
+                except BlockError as exc:
+                    raise OpenError(
+                        f"Failed to flush the preallocated area to disk: {exc.strerror}",
+                        exc.errno,
+                    ) from None
             try:
                 await self.write_sync(24, struct.pack(">Q", length))
             except BlockError as exc:
@@ -872,8 +875,54 @@ class Qcow2Node(BlockNode):
             self.l1_vm_state_index = new_l1
         finally:
             self.lock.release()
-        if length > old_length and prealloc != "off":
-            await self._preallocate(old_length, length, prealloc)
+
+    async def _shrink(self, length: int, old_length: int, prealloc: str, new_l1: int) -> None:
+        if prealloc != "off":
+            raise OpenError("Preallocation can't be used for shrinking an image")
+        start = -(-length // self.cluster_size) * self.cluster_size
+        try:
+            if old_length > start:
+                await self.map.discard(start, old_length - start, DISCARD_ALWAYS, True)
+        except BlockError as exc:
+            raise OpenError(
+                f"Failed to discard cropped clusters: {exc.strerror}", exc.errno
+            ) from None
+        try:
+            await self.map.shrink_l1_table(new_l1)
+        except BlockError as exc:
+            raise OpenError(
+                f"Failed to reduce the number of L2 tables: {exc.strerror}", exc.errno
+            ) from None
+        try:
+            await self.refcounts.shrink_table()
+        except BlockError as exc:
+            raise OpenError(
+                f"Failed to discard unused refblocks: {exc.strerror}", exc.errno
+            ) from None
+        await self._truncate_file_tail()
+
+    async def _zero_new_area(self, old_length: int, length: int) -> None:
+        """Zero clusters for the grown area, explicit zeros for its unaligned head."""
+        sc = self.map.subcluster_size
+        zero_start = -(-old_length // sc) * sc
+        if length > zero_start:
+            try:
+                await self.map.zeroize(zero_start, length - zero_start, False)
+            except BlockError as exc:
+                raise OpenError(
+                    f"Failed to zero out new clusters: {exc.strerror}", exc.errno
+                ) from None
+        if zero_start > old_length:
+            n = min(zero_start, length) - old_length
+            self.lock.release()
+            try:
+                await self.drv_pwritev(old_length, memoryview(bytes(n)), ReqFlags.NONE)
+            except BlockError as exc:
+                raise OpenError(
+                    f"Failed to zero out the new area: {exc.strerror}", exc.errno
+                ) from None
+            finally:
+                await self.lock.acquire()
 
     async def _truncate_file_tail(self) -> None:
         """After shrinking, cut the image file after the last cluster still in use."""
@@ -891,29 +940,92 @@ class Qcow2Node(BlockNode):
                 self.context.warn(f"Failed to truncate the tail of the image: {reason}")
 
     async def _preallocate(self, start: int, end: int, mode: str) -> None:
-        """Allocate clusters (and for falloc/full, host space) for guest [start, end)."""
+        """preallocate_co: map guest [start, end) to new clusters (lock held)."""
         pos = start
+        host_end = 0
         while pos < end:
-            await self.lock.acquire()
             try:
-                host, n, metas = await self.map.alloc_host_offset(pos, end - pos)
-                for meta in metas:
-                    # Preallocation links clusters without writing or copying data.
-                    meta.prealloc = True
-                    meta.cow_start.nb_bytes = meta.cow_end.nb_bytes = 0
-                    await self.map.link_l2(meta)
-                    self.map.finish_meta(meta)
+                host, n, metas = await self.map.alloc_host_offset(
+                    pos, min(end - pos, (1 << 31) - self.cluster_size)
+                )
+            except BlockError as exc:
+                raise OpenError(f"Allocating clusters failed: {exc.strerror}", exc.errno) from None
+            for meta in metas:
+                meta.prealloc = True  # no data written: subclusters stay unallocated
+            self.lock.release()
+            try:
+                await self._link_task(memoryview(b""), metas, None)
+            except BlockError as exc:
+                raise OpenError(f"Mapping clusters failed: {exc.strerror}", exc.errno) from None
             finally:
-                self.lock.release()
-            if mode in ("falloc", "full"):
-                await self.data_file.pwrite_zeroes(host, n)
-            last_host_end = host + n
+                await self.lock.acquire()
+            host_end = host + n
             pos += n
-        if self.data_file.getlength() < last_host_end:
-            await self.data_file.truncate(
-                last_host_end, False, "off" if mode == "metadata" else mode
+        # The file must reach the last allocated cluster, or reads there would fail.
+        if host_end > self.data_file.getlength():
+            await self.data_file.truncate(host_end, False, "off" if mode == "metadata" else mode)
+
+    async def _preallocate_host(self, old_length: int, length: int, mode: str, zero: bool) -> bool:
+        """falloc/full without a data file: new data clusters in one area at the end of the
+        file, refcount structures sized to cover them first.  Returns whether the new area
+        still needs zeroing."""
+        cs = self.cluster_size
+        file_size = self.image_file.getlength()
+        last = await self.refcounts.last_cluster(file_size)
+        old_file_size = (last + 1) * cs
+        nb_data = (-(-length // cs) * cs - old_length // cs * cs) // cs
+        nb_l2 = -(-nb_data // (cs // (16 if self.header.extended_l2 else 8))) + 1
+        try:
+            start = await self.refcounts.refcount_area(old_file_size, nb_data + nb_l2, True, 0, 0)
+        except BlockError as exc:
+            raise OpenError(
+                f"Failed to resize refcount structures: {exc.strerror}", exc.errno
+            ) from None
+        try:
+            allocated = await self.refcounts.alloc_clusters_at(start, nb_data)
+        except BlockError as exc:
+            raise OpenError(
+                f"Failed to allocate data clusters: {exc.strerror}", exc.errno
+            ) from None
+        assert allocated == nb_data
+        new_file_size = start + nb_data * cs
+        needs_allocation = False
+        if zero and self.image_file.protocol_name == "file":
+            # A file grows with zeros: the clusters can be marked as written.
+            zero = False
+            needs_allocation = True
+        try:
+            await self.image_file.truncate(new_file_size, False, mode)
+        except OpenError as exc:
+            await self.refcounts.free_clusters(start, nb_data * cs, DISCARD_OTHER)
+            raise OpenError(f"Failed to resize underlying file: {exc.message}", exc.errno) from None
+        host = start
+        guest = old_length
+        remaining = nb_data
+        while remaining:
+            l2_index = self.map.l2_index(guest)
+            n = min(remaining, self.header.l2_entries - l2_index)
+            head = guest % cs
+            guest -= head
+            meta = L2Meta(
+                guest_offset=guest,
+                alloc_offset=host,
+                nb_clusters=n,
+                keep_old=False,
+                cow_start=CowRegion(0, head),
+                cow_end=CowRegion(n * cs, 0),
+                prealloc=not needs_allocation,
             )
-        await self.flush()
+            try:
+                await self._perform_cow(meta, None)
+                await self.map.link_l2(meta)
+            except BlockError as exc:
+                await self.refcounts.free_clusters(host, remaining * cs, DISCARD_OTHER)
+                raise OpenError(f"Failed to update L2 tables: {exc.strerror}", exc.errno) from None
+            guest += n * cs
+            host += n * cs
+            remaining -= n
+        return zero
 
     async def drv_close(self) -> None:
         if not self.flags.read_write or self.context.offline or not hasattr(self, "refblock_cache"):

@@ -93,6 +93,7 @@ class L2Meta:
     cow_start: CowRegion
     cow_end: CowRegion
     prealloc: bool = False  # linked by preallocation: no data written, subclusters stay unallocated
+    skip_cow: bool = False  # the whole area was zeroed in the data file instead of copied
     done: Future = field(default_factory=Future)
 
     @property

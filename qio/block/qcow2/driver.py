@@ -594,8 +594,9 @@ class Qcow2Node(BlockNode):
         self, host: int, offset: int, data: memoryview, metas: list[L2Meta], flags: ReqFlags
     ) -> L2Meta | None:
         """The data part of qcow2_co_pwritev_task (unless it goes out with the COW)."""
-        merged = self._merge_cow(offset, len(data), metas)
         try:
+            await self._handle_alloc_space(metas)
+            merged = self._merge_cow(offset, len(data), metas)
             if merged is None:
                 await self.fire("write_aio")
                 await self.data_file.pwritev(host, data, flags & ReqFlags.FUA)
@@ -628,10 +629,57 @@ class Qcow2Node(BlockNode):
         finally:
             self.lock.release()
 
+    async def _handle_alloc_space(self, metas: list[L2Meta]) -> None:
+        """handle_alloc_space: when what copy-on-write would copy is unallocated all the way
+        down, zero the new clusters in the data file efficiently (leaving the file sparse)
+        and skip the copy."""
+        target: BlockNode | None = self.data_file
+        while target is not None and target.format_name == "raw":
+            target = target.file  # raw passes its file's zero-write abilities through
+        if target is None or target.protocol_name != "file":
+            return  # only host files do zero writes without a fallback
+        for meta in metas:
+            start, end = meta.cow_start, meta.cow_end
+            if not start.nb_bytes and not end.nb_bytes:
+                continue
+            if not (
+                await self._is_unallocated(meta.guest_offset + start.offset, start.nb_bytes)
+                and await self._is_unallocated(meta.guest_offset + end.offset, end.nb_bytes)
+            ):
+                continue
+            host = meta.alloc_offset + start.offset
+            nbytes = end.offset + end.nb_bytes - start.offset
+            await self.check_metadata_write(host, nbytes, "data")
+            await self.fire("cluster_alloc_space")
+            try:
+                await self.data_file.pwrite_zeroes(host, nbytes, ReqFlags.NO_FALLBACK)
+            except BlockError as exc:
+                if exc.errno not in (errno.ENOTSUP, errno.EAGAIN):
+                    raise
+                continue
+            meta.skip_cow = True
+
+    async def _is_unallocated(self, offset: int, nbytes: int) -> bool:
+        """Is [offset, offset+nbytes) allocated in no layer of the chain
+        (bdrv_is_allocated_above down to the bottom)?"""
+        if nbytes == 0:
+            return True
+        run = nbytes
+        node: BlockNode | None = self
+        while node is not None:
+            status = await node.block_status(offset, nbytes, want_zero=False)
+            if status.allocated:
+                return False
+            # A run cut short only by the end of a lower layer does not limit the answer.
+            if run > status.length and (node is self or offset + status.length < node.getlength()):
+                run = status.length
+            node = node.backing if node.supports_backing else node.filtered_child()
+        return run == nbytes
+
     @staticmethod
     def _merge_cow(offset: int, nbytes: int, metas: list[L2Meta]) -> L2Meta | None:
         for meta in metas:
-            if not meta.cow_start.nb_bytes and not meta.cow_end.nb_bytes:
+            if meta.skip_cow or not meta.cow_start.nb_bytes and not meta.cow_end.nb_bytes:
                 continue
             if meta.cow_start_abs + meta.cow_start.nb_bytes != offset:
                 continue
@@ -644,7 +692,7 @@ class Qcow2Node(BlockNode):
         """Copy the untouched parts of newly allocated (sub)clusters; write them (with the
         guest data when it could be merged into one write)."""
         start, end = meta.cow_start, meta.cow_end
-        if not start.nb_bytes and not end.nb_bytes:
+        if meta.skip_cow or not start.nb_bytes and not end.nb_bytes:
             return
         self.lock.release()
         try:

@@ -15,7 +15,7 @@ import errno
 import struct
 from typing import Any
 
-from qio.block.coroutine import CoMutex
+from qio.block.coroutine import COST_READ, COST_WRITE, CoMutex, scheduler
 from qio.block.node import BlockNode, BlockStatus, DriverInfo, ReqFlags, SpecificInfo, zero_fill
 from qio.block.open import open_child
 from qio.block.options import Options
@@ -520,6 +520,8 @@ class Qcow2Node(BlockNode):
         raw = bytearray(csize)
         await self.fire("read_compressed")
         await self.image_file.preadv(coffset, memoryview(raw))
+        # QEMU decompresses in its worker-thread pool: the request yields meanwhile.
+        await scheduler.io(COST_READ)
         try:
             data = codec.decompress(bytes(raw), self.header.compression_type, self.cluster_size)
         except codec.CompressionError:
@@ -834,6 +836,9 @@ class Qcow2Node(BlockNode):
     async def _write_compressed_cluster(self, offset: int, chunk: bytes) -> None:
         cs = self.cluster_size
         padded = chunk + bytes(cs - len(chunk))
+        # Compression runs in QEMU's worker-thread pool: the request yields meanwhile, so
+        # earlier asynchronous completions are reported before this write goes on.
+        await scheduler.io(COST_WRITE)
         out = codec.compress(padded, self.header.compression_type, cs - 1)
         if out is None:
             await self.drv_pwritev(offset, memoryview(chunk), ReqFlags.NONE)

@@ -265,7 +265,8 @@ def open_backend(ctx: OpenContext, req: OpenRequest) -> BlockBackend:
         read_only_opt = str(options.get("read-only", "off")) in ("on", "true", "True")
         if flags.read_write and not read_only_opt:
             raise OpenError("force-share=on can only be used with read-only images")
-    if flags.copy_on_read and not flags.read_write:
+    read_only_option = str(options.get("read-only", "off")) in ("on", "true", "True")
+    if flags.copy_on_read and (not flags.read_write or read_only_option):
         raise OpenError("Can't use copy-on-read on read-only device")
     image_flags = flags
     if flags.snapshot:

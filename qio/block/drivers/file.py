@@ -157,6 +157,12 @@ class FileNode(BlockNode):
         try:
             if prealloc == "falloc" and length > current:
                 os.posix_fallocate(self.fd, current, length - current)
+            elif prealloc == "full" and length > current and self.flags.direct:
+                # QEMU writes the zeros from an unaligned heap buffer, which O_DIRECT
+                # refuses: the file is grown, the write fails, the old length comes back.
+                raise OpenError(
+                    "Could not write zeros for preallocation: Invalid argument", errno.EINVAL
+                )
             elif prealloc == "full" and length > current:
                 zero = bytes(1 << 20)
                 pos = current

@@ -658,9 +658,9 @@ class Result:
         return self.hard[0].split(":", 1)[0] if self.hard else ""
 
 
-def _diff(a: str, b: str, limit: int = 40) -> str:
+def _diff(a: str, b: str, limit: int = 40, width: int = 400) -> str:
     lines = difflib.unified_diff(a.split("\n"), b.split("\n"), "qemu-io", "qio", lineterm="")
-    return "\n".join(list(lines)[:limit])
+    return "\n".join(line[:width] for line in list(lines)[:limit])
 
 
 def _tool(argv: list[str], cwd: str) -> subprocess.CompletedProcess[str]:

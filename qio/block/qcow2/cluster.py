@@ -768,7 +768,7 @@ class ClusterMap:
         end -= tail
         try:
             if head:
-                await self._zero_subclusters(offset - head, head >> self.subcluster_bits)
+                await self._zero_subclusters(offset - head, -(-head // self.subcluster_size))
             clusters = self.size_to_clusters(end - offset) if end > offset else 0
             while clusters > 0:
                 cleared = await self._zero_in_l2(offset, clusters, may_unmap)

@@ -783,6 +783,9 @@ class Qcow2Node(BlockNode):
         node: BlockNode | None = self
         while node is not None:
             status = await node.block_status(offset, length, want_zero=True)
+            if status.length == 0 and node is not self:
+                # Past the end of a shorter backing file: zeros, as if allocated there.
+                return BlockStatus(length, zero=True, allocated=True)
             if (
                 status.allocated
                 or status.length == 0

@@ -60,7 +60,8 @@ from qio.block.qcow2.layout import (
 from qio.block.qcow2.refcount import DISCARD_ALWAYS, DISCARD_OTHER, DISCARD_REQUEST, Refcounts
 from qio.errors import BlockError, OpenError
 
-DEFAULT_L2_CACHE_BYTES = 8 << 20
+DEFAULT_L2_CACHE_BYTES = 32 << 20  # DEFAULT_L2_CACHE_MAX_SIZE on Linux
+MIN_L2_CACHE_TABLES = 2
 MIN_REFCOUNT_CACHE_TABLES = 4
 MAX_SNAPSHOTS = 65536
 MAX_SNAPSHOT_EXTRA_DATA = 1024
@@ -121,15 +122,9 @@ class Qcow2Node(BlockNode):
         self.pdiscard_alignment = self.cluster_size
         self.refcounts = Refcounts(self)
         self.refcounts.discard_passthrough[DISCARD_REQUEST] = self._pass_discard_request
-        guest_clusters = -(-h.size // self.cluster_size)
-        tables_needed = -(-guest_clusters // h.l2_entries) + 2
-        l2_tables = max(4, min(self._l2_cache_bytes // self.cluster_size, tables_needed))
+        l2_tables, refcount_tables = self._cache_capacities(self._cache_options)
         self.l2_cache = TableCache(self, "l2", l2_tables)
-        self.refblock_cache = TableCache(
-            self,
-            "refblock",
-            max(MIN_REFCOUNT_CACHE_TABLES, self._refcount_cache_bytes // self.cluster_size),
-        )
+        self.refblock_cache = TableCache(self, "refblock", refcount_tables)
         # Tables.
         _validate_table(
             h.refcount_table_offset,
@@ -217,6 +212,9 @@ class Qcow2Node(BlockNode):
 
     def _apply_runtime_options(self, options: Options) -> None:
         h = self.header
+        # Same order of checks as qcow2_update_options_prepare: caches first.
+        self._cache_options = self._pop_cache_options(options)
+        self._cache_capacities(self._cache_options)
         lazy = options.pop_bool("lazy-refcounts", h.lazy_refcounts)
         if lazy and h.version < 3:
             raise OpenError(
@@ -236,37 +234,67 @@ class Qcow2Node(BlockNode):
         for key in list(options):
             if key.startswith("overlap-check."):
                 options.pop(key)
-        options.pop("cache-clean-interval")
-        cache_size = options.pop_size("cache-size", -1) if "cache-size" in options else None
-        l2_size = options.pop_size("l2-cache-size", -1) if "l2-cache-size" in options else None
-        ref_size = (
-            options.pop_size("refcount-cache-size", -1)
-            if "refcount-cache-size" in options
-            else None
-        )
-        entry = (
-            options.pop_size("l2-cache-entry-size", h.cluster_size)
-            if "l2-cache-entry-size" in options
-            else h.cluster_size
-        )
-        if entry < 512 or entry > h.cluster_size or entry & (entry - 1):
-            raise OpenError(
-                f"L2 cache entry size must be a power of two between 512 and the cluster size ({h.cluster_size})"
-            )
-        if cache_size is not None and l2_size is not None and ref_size is not None:
-            raise OpenError(
-                "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time"
-            )
-        self._l2_cache_bytes = l2_size if l2_size is not None else DEFAULT_L2_CACHE_BYTES
-        if cache_size is not None and l2_size is None:
-            self._l2_cache_bytes = max(
-                h.cluster_size * 2, cache_size - (ref_size or 4 * h.cluster_size)
-            )
-        self._refcount_cache_bytes = (
-            ref_size if ref_size is not None else MIN_REFCOUNT_CACHE_TABLES * h.cluster_size
-        )
         for key in ("encrypt.key-secret", "encrypt.format"):
             options.pop(key)
+
+    @staticmethod
+    def _pop_cache_options(options: Options) -> dict[str, int]:
+        values: dict[str, int] = {}
+        for key in ("cache-size", "l2-cache-size", "refcount-cache-size", "l2-cache-entry-size"):
+            if key in options:
+                values[key] = options.pop_size(key, 0)
+        if "cache-clean-interval" in options:
+            values["cache-clean-interval"] = options.pop_int("cache-clean-interval", 0)
+        return values
+
+    def _cache_capacities(self, values: dict[str, int]) -> tuple[int, int]:
+        """(L2 tables, refcount blocks) the caches hold: QEMU's read_cache_sizes."""
+        h = self.header
+        cs = h.cluster_size
+        entry_size = 16 if h.extended_l2 else 8
+        max_l2_cache = -(-(-(-h.size // cs) * entry_size) // cs) * cs
+        min_refcount_cache = MIN_REFCOUNT_CACHE_TABLES * cs
+        combined = values.get("cache-size")
+        l2 = values.get("l2-cache-size")
+        refcount = values.get("refcount-cache-size")
+        if combined is not None:
+            if l2 is not None and refcount is not None:
+                raise OpenError(
+                    "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time"
+                )
+            if l2 is not None and l2 > combined:
+                raise OpenError("l2-cache-size may not exceed cache-size")
+            if refcount is not None and refcount > combined:
+                raise OpenError("refcount-cache-size may not exceed cache-size")
+            if l2 is not None:
+                refcount = combined - l2
+            elif refcount is not None:
+                l2 = combined - refcount
+            elif combined >= max_l2_cache + min_refcount_cache:
+                l2, refcount = max_l2_cache, combined - max_l2_cache
+            else:
+                refcount = min(combined, min_refcount_cache)
+                l2 = combined - refcount
+        if l2 is None:
+            l2 = min(max_l2_cache, DEFAULT_L2_CACHE_BYTES)
+        if refcount is None:
+            refcount = min_refcount_cache
+        entry = values.get("l2-cache-entry-size", cs)
+        if entry < 512 or entry > cs or entry & (entry - 1):
+            raise OpenError(
+                f"L2 cache entry size must be a power of two between 512 and the cluster size ({cs})"
+            )
+        if values.get("cache-clean-interval", 0) & ((1 << 64) - 1) > 0xFFFFFFFF:
+            raise OpenError("Cache clean interval too big")
+        return max(MIN_L2_CACHE_TABLES, l2 // entry), max(MIN_REFCOUNT_CACHE_TABLES, refcount // cs)
+
+    async def _renew_caches(self, values: dict[str, int]) -> None:
+        """Write back and replace both caches (qcow2_update_options on reopen and resize)."""
+        l2_tables, refcount_tables = self._cache_capacities(values)
+        await self.flush_caches()
+        self._cache_options = values
+        self.l2_cache = TableCache(self, "l2", l2_tables)
+        self.refblock_cache = TableCache(self, "refblock", refcount_tables)
 
     async def _open_data_file(self, options: Options) -> None:
         h = self.header
@@ -929,6 +957,7 @@ class Qcow2Node(BlockNode):
                 ) from None
             h.size = length
             self.l1_vm_state_index = new_l1
+            await self._renew_caches(self._cache_options)  # sized for the new length
         finally:
             self.lock.release()
 
@@ -1113,6 +1142,9 @@ class Qcow2Node(BlockNode):
                 pass
 
     async def drv_reopen(self, options: Options, read_write: bool) -> None:
+        # The caches are always written back and replaced, sized from this reopen's options
+        # only (qemu-io does not keep the cache sizes given at open).
+        await self._renew_caches(self._pop_cache_options(options))
         if "lazy-refcounts" in options:
             lazy = options.pop_bool("lazy-refcounts", self.lazy_refcounts_option)
             if lazy and self.header.version < 3:
@@ -1132,10 +1164,6 @@ class Qcow2Node(BlockNode):
             "pass-discard-snapshot",
             "pass-discard-other",
             "overlap-check",
-            "cache-size",
-            "l2-cache-size",
-            "refcount-cache-size",
-            "cache-clean-interval",
         ):
             if key in options:
                 value = options.pop(key)

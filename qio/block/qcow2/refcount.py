@@ -185,7 +185,12 @@ class Refcounts:
             return count
 
     async def alloc_bytes(self, size: int) -> int:
-        """qcow2_alloc_bytes: a byte range for compressed data, packed into shared clusters."""
+        """qcow2_alloc_bytes: a byte range for compressed data, packed into shared clusters.
+
+        Like QEMU 7.2, the packing position survives the cluster being freed: if that
+        cluster was reused meanwhile (for guest data or an L2 table), the next compressed
+        data lands in it too — qemu-io then reports the overlap or leaves a refcount of 2,
+        and qio does the same."""
         node = self.node
         cs = node.cluster_size
         await node.fire("cluster_alloc_bytes")
@@ -271,14 +276,6 @@ class Refcounts:
                 refcount_set(table.raw, block_index, self.order, new)
                 if new == 0:
                     node.forget_metadata_cluster(cluster)
-                    if (
-                        self.free_byte_offset
-                        and self.free_byte_offset - self.free_byte_offset % cs == cluster
-                    ):
-                        # QEMU 7.2 keeps packing compressed data into this cluster even after
-                        # it was freed and reused for guest data (refcount 2 on a COPIED data
-                        # cluster); forgetting the packing position avoids that corruption.
-                        self.free_byte_offset = 0
                     if self.cache.peek(cluster) is not None:
                         self.cache.discard(cluster)
                         table = None

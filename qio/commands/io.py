@@ -149,7 +149,7 @@ async def _read_request(
     vmstate: bool,
 ) -> ReadOutcome:
     blk = s.require_blk()
-    if keep or count <= CHUNK:
+    if keep or count <= CHUNK or vmstate:  # (the VM state is read as one request)
         buf = bytearray(_AB_CHUNK[:count]) if count <= CHUNK else bytearray(b"\xab") * count
         view = memoryview(buf)
         t1 = now()
@@ -370,9 +370,10 @@ class FillSource:
 
     def chunk(self, pos: int, n: int) -> memoryview:
         if self.period is None:
-            if n < CHUNK:
-                return memoryview(bytes([self.pattern]) * n)
-            return memoryview(_pattern_chunk(self.pattern))[:n]
+            if n == CHUNK:
+                return memoryview(_pattern_chunk(self.pattern))
+            # (write -c and -b send the whole request at once, which may exceed a chunk)
+            return memoryview(bytes([self.pattern]) * n)
         p = len(self.period)
         phase = pos % p
         reps = (phase + n) // p + 1

@@ -444,13 +444,19 @@ class BlockNode:
             self.total_sectors = end_sector
 
     async def pwrite_zeroes(
-        self, offset: int, length: int, flags: ReqFlags = ReqFlags.NONE
+        self,
+        offset: int,
+        length: int,
+        flags: ReqFlags = ReqFlags.NONE,
+        from_backend: bool = False,
     ) -> None:
         if offset < 0 or length < 0:
             raise BlockError(errno.EIO)
         if length == 0:
             return
-        if not self.flags.unmap:
+        if not self.flags.unmap and not from_backend:
+            # bdrv_co_pwrite_zeroes (a parent writing to its child) drops MAY_UNMAP on a
+            # node opened without discard=unmap; a BlockBackend request keeps it.
             flags &= ~ReqFlags.MAY_UNMAP
         align = self.request_alignment
         if align > 1 and (offset % align or length % align):

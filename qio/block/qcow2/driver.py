@@ -1203,8 +1203,6 @@ class Qcow2Node(BlockNode):
         status.compressed = run.type == SC_COMPRESSED
         if self.metadata_preallocation and status.data and status.node is not None:
             status.recurse = True
-        if self.header.data_file_raw and status.node is not None:
-            status.raw = True
         return status
 
     async def _detect_metadata_preallocation(self) -> bool:

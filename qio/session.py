@@ -88,6 +88,7 @@ class Cancellation:
     """
 
     requested: bool = False
+    armed: bool = False  # the shell is running a command: Ctrl-C may ask it to stop
 
     def request(self) -> None:
         self.requested = True

@@ -99,7 +99,7 @@ class BlockBackend:
         self, offset: int, length: int, flags: ReqFlags = ReqFlags.NONE
     ) -> None:
         self.check(offset, length)
-        await self.root.pwrite_zeroes(offset, length, flags)
+        await self.root.pwrite_zeroes(offset, length, flags, from_backend=True)
         if self.writethrough:
             await self.root.flush()
 

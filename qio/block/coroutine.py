@@ -306,15 +306,20 @@ class Scheduler:
                 return False
         return True
 
-    def run_sync(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run a request to completion, like a qemu-io synchronous command."""
+    def run_sync(self, coro: Coroutine[Any, Any, Any], always_poll: bool = False) -> Any:
+        """Run a request to completion, like a qemu-io synchronous command.
+
+        ``always_poll``: the command submits an asynchronous request and runs the main loop
+        until it completes (qemu-io's readv/writev), so pending completions are reported
+        even when the request itself finished at once.
+        """
         task = Task(coro, self, None, "sync")
         task.step()
         if not task.done:
             if not self.run_until(lambda: task.done):
                 task.coro.close()
                 raise Deadlock()
-        elif task.charged:
+        elif task.charged or always_poll:
             # The request waited for host I/O: qemu-io's event loop ran meanwhile.
             self.poll()
         if task.error is not None:

@@ -523,7 +523,11 @@ class BlockNode:
             self.total_sectors = end_sector
 
     async def pwrite_zeroes(
-        self, offset: int, length: int, flags: ReqFlags = ReqFlags.NONE
+        self,
+        offset: int,
+        length: int,
+        flags: ReqFlags = ReqFlags.NONE,
+        from_backend: bool = False,
     ) -> None:
         if offset < 0 or length < 0:
             raise BlockError(errno.EIO)
@@ -531,7 +535,9 @@ class BlockNode:
             if offset % self.request_alignment == 0:
                 self.write_gen += 1  # an empty request still counts as a write in QEMU
             return
-        if not self.flags.unmap:
+        if not self.flags.unmap and not from_backend:
+            # bdrv_co_pwrite_zeroes (a parent writing to its child) drops MAY_UNMAP on a
+            # node opened without discard=unmap; a BlockBackend request keeps it.
             flags &= ~ReqFlags.MAY_UNMAP
         align = self.request_alignment
         if align == 1:
@@ -731,8 +737,19 @@ class BlockNode:
             raise OpenError(f"offset({length}) exceeds maximum({MAX_LENGTH})", errno.EIO)
         if self.read_only:
             raise OpenError("Image is read-only", errno.EACCES)
+        old_size = self.getlength()
         try:
-            await self.drv_truncate(length, exact, prealloc)
+            if (
+                length > old_size
+                and self.supports_backing
+                and self.backing is not None
+                and self.backing.getlength() > old_size
+            ):
+                # The backing file would show through the new area: it must read as zeros
+                # (bdrv_co_truncate's BDRV_REQ_ZERO_WRITE; only formats with backing files).
+                await self.drv_truncate(length, exact, prealloc, zero_write=True)  # type: ignore[call-arg]
+            else:
+                await self.drv_truncate(length, exact, prealloc)
         except OpenError:
             child = self.filtered_child()
             if type(self).drv_truncate is BlockNode.drv_truncate and child is not None:

@@ -17,6 +17,9 @@ async def reopen(node: BlockNode, options: Options) -> None:
     read_only = (
         to_bool("read-only", options.pop("read-only")) if "read-only" in options else node.read_only
     )
+    if read_only and node.copy_on_read:
+        # bdrv_can_set_read_only: copy-on-read writes, so the node must stay writable.
+        raise OpenError(f"Can't set node '{node.node_name}' to r/o with copy-on-read enabled")
     await _reopen_node(node, options, not read_only)
 
 

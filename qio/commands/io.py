@@ -155,7 +155,7 @@ async def _read_request(
     vmstate: bool,
 ) -> ReadOutcome:
     blk = s.require_blk()
-    if keep or count <= CHUNK:
+    if keep or count <= CHUNK or vmstate:  # (the VM state is read as one request)
         buf = bytearray(_AB_CHUNK[:count]) if count <= CHUNK else bytearray(b"\xab") * count
         view = memoryview(buf)
         t1 = now()
@@ -357,7 +357,8 @@ def readv_f(s: Session, argv: list[str]) -> int:
     show_dump = verbose and not quiet
     keep = show_dump and count <= DUMP_BUFFER_LIMIT
     outcome = scheduler.run_sync(
-        _read_request(s, offset, count, check, keep, show_dump and not keep, False)
+        _read_request(s, offset, count, check, keep, show_dump and not keep, False),
+        always_poll=True,
     )
     if outcome.error is not None:
         return io_failed(s, "readv", outcome.error)
@@ -376,9 +377,10 @@ class FillSource:
 
     def chunk(self, pos: int, n: int) -> memoryview:
         if self.period is None:
-            if n < CHUNK:
-                return memoryview(bytes([self.pattern]) * n)
-            return memoryview(_pattern_chunk(self.pattern))[:n]
+            if n == CHUNK:
+                return memoryview(_pattern_chunk(self.pattern))
+            # (write -c and -b send the whole request at once, which may exceed a chunk)
+            return memoryview(bytes([self.pattern]) * n)
         p = len(self.period)
         phase = pos % p
         reps = (phase + n) // p + 1
@@ -419,7 +421,9 @@ async def _write_request(
     """(seconds, bytes written); fewer bytes than asked when Ctrl-C interrupted it."""
     blk = s.require_blk()
     t1 = now()
-    if count <= CHUNK:
+    if count <= CHUNK or not s.cancel.armed:
+        # One request, as qemu-io sends it (a qcow2 image allocates differently when a big
+        # write arrives in pieces); only the interactive shell streams, so Ctrl-C can stop.
         await blk.pwrite(offset, source.chunk(0, count), flags)
         return now() - t1, count
     blk.check(offset, count)
@@ -593,7 +597,7 @@ def writev_f(s: Session, argv: list[str]) -> int:
     count = iovec_total(s, operands[1:])
     try:
         seconds, done = scheduler.run_sync(
-            _write_request(s, offset, count, FillSource(pattern), flags)
+            _write_request(s, offset, count, FillSource(pattern), flags), always_poll=True
         )
     except BlockError as exc:
         return io_failed(s, "writev", exc)

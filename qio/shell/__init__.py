@@ -95,9 +95,11 @@ def ctrl_c_cancels(session: Session) -> Iterator[None]:
         session.cancel.request()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
+    session.cancel.armed = True
     try:
         yield
     finally:
+        session.cancel.armed = False
         signal.signal(signal.SIGINT, previous)
 
 

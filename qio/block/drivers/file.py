@@ -184,6 +184,13 @@ class FileNode(BlockNode):
                     if current == 0:
                         self._allocate_first_block(length)
                 return
+            if length > current and self.flags.direct:
+                # QEMU writes the zeros from an unaligned heap buffer, which O_DIRECT
+                # refuses: the file is grown, the write fails, the old length comes back.
+                os.ftruncate(self.fd, length)
+                raise OpenError(
+                    "Could not write zeros for preallocation: Invalid argument", errno.EINVAL
+                )
             self._host_call("Could not resize file", os.ftruncate, self.fd, length)
             zero = bytes(65536)
             pos = current

@@ -93,6 +93,7 @@ class L2Meta:
     cow_start: CowRegion
     cow_end: CowRegion
     prealloc: bool = False  # linked by preallocation: no data written, subclusters stay unallocated
+    skip_cow: bool = False  # the whole area was zeroed in the data file instead of copied
     done: Future = field(default_factory=Future)
 
     @property
@@ -808,7 +809,7 @@ class ClusterMap:
         end -= tail
         try:
             if head:
-                await self._zero_subclusters(offset - head, head >> self.subcluster_bits)
+                await self._zero_subclusters(offset - head, -(-head // self.subcluster_size))
             clusters = self.size_to_clusters(end - offset) if end > offset else 0
             while clusters > 0:
                 cleared = await self._zero_in_l2(offset, clusters, may_unmap)

@@ -15,7 +15,7 @@ import errno
 import struct
 from typing import Any
 
-from qio.block.coroutine import CoMutex
+from qio.block.coroutine import COST_READ, COST_WRITE, CoMutex, scheduler
 from qio.block.node import BlockNode, BlockStatus, DriverInfo, ReqFlags, SpecificInfo, zero_fill
 from qio.block.open import open_child
 from qio.block.options import Options
@@ -30,6 +30,7 @@ from qio.block.qcow2.cluster import (
     SC_ZERO_ALLOC,
     SC_ZERO_PLAIN,
     ClusterMap,
+    CowRegion,
     L2Meta,
 )
 from qio.block.qcow2.layout import (
@@ -56,10 +57,11 @@ from qio.block.qcow2.layout import (
     serialize_header,
     vm_state_offset,
 )
-from qio.block.qcow2.refcount import DISCARD_ALWAYS, DISCARD_REQUEST, Refcounts
+from qio.block.qcow2.refcount import DISCARD_ALWAYS, DISCARD_OTHER, DISCARD_REQUEST, Refcounts
 from qio.errors import BlockError, OpenError
 
-DEFAULT_L2_CACHE_BYTES = 8 << 20
+DEFAULT_L2_CACHE_BYTES = 32 << 20  # DEFAULT_L2_CACHE_MAX_SIZE on Linux
+MIN_L2_CACHE_TABLES = 2
 MIN_REFCOUNT_CACHE_TABLES = 4
 MAX_SNAPSHOTS = 65536
 MAX_SNAPSHOT_EXTRA_DATA = 1024
@@ -120,15 +122,9 @@ class Qcow2Node(BlockNode):
         self.pdiscard_alignment = self.cluster_size
         self.refcounts = Refcounts(self)
         self.refcounts.discard_passthrough[DISCARD_REQUEST] = self._pass_discard_request
-        guest_clusters = -(-h.size // self.cluster_size)
-        tables_needed = -(-guest_clusters // h.l2_entries) + 2
-        l2_tables = max(4, min(self._l2_cache_bytes // self.cluster_size, tables_needed))
+        l2_tables, refcount_tables = self._cache_capacities(self._cache_options)
         self.l2_cache = TableCache(self, "l2", l2_tables)
-        self.refblock_cache = TableCache(
-            self,
-            "refblock",
-            max(MIN_REFCOUNT_CACHE_TABLES, self._refcount_cache_bytes // self.cluster_size),
-        )
+        self.refblock_cache = TableCache(self, "refblock", refcount_tables)
         # Tables.
         _validate_table(
             h.refcount_table_offset,
@@ -216,6 +212,9 @@ class Qcow2Node(BlockNode):
 
     def _apply_runtime_options(self, options: Options) -> None:
         h = self.header
+        # Same order of checks as qcow2_update_options_prepare: caches first.
+        self._cache_options = self._pop_cache_options(options)
+        self._cache_capacities(self._cache_options)
         lazy = options.pop_bool("lazy-refcounts", h.lazy_refcounts)
         if lazy and h.version < 3:
             raise OpenError(
@@ -235,37 +234,67 @@ class Qcow2Node(BlockNode):
         for key in list(options):
             if key.startswith("overlap-check."):
                 options.pop(key)
-        options.pop("cache-clean-interval")
-        cache_size = options.pop_size("cache-size", -1) if "cache-size" in options else None
-        l2_size = options.pop_size("l2-cache-size", -1) if "l2-cache-size" in options else None
-        ref_size = (
-            options.pop_size("refcount-cache-size", -1)
-            if "refcount-cache-size" in options
-            else None
-        )
-        entry = (
-            options.pop_size("l2-cache-entry-size", h.cluster_size)
-            if "l2-cache-entry-size" in options
-            else h.cluster_size
-        )
-        if entry < 512 or entry > h.cluster_size or entry & (entry - 1):
-            raise OpenError(
-                f"L2 cache entry size must be a power of two between 512 and the cluster size ({h.cluster_size})"
-            )
-        if cache_size is not None and l2_size is not None and ref_size is not None:
-            raise OpenError(
-                "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time"
-            )
-        self._l2_cache_bytes = l2_size if l2_size is not None else DEFAULT_L2_CACHE_BYTES
-        if cache_size is not None and l2_size is None:
-            self._l2_cache_bytes = max(
-                h.cluster_size * 2, cache_size - (ref_size or 4 * h.cluster_size)
-            )
-        self._refcount_cache_bytes = (
-            ref_size if ref_size is not None else MIN_REFCOUNT_CACHE_TABLES * h.cluster_size
-        )
         for key in ("encrypt.key-secret", "encrypt.format"):
             options.pop(key)
+
+    @staticmethod
+    def _pop_cache_options(options: Options) -> dict[str, int]:
+        values: dict[str, int] = {}
+        for key in ("cache-size", "l2-cache-size", "refcount-cache-size", "l2-cache-entry-size"):
+            if key in options:
+                values[key] = options.pop_size(key, 0)
+        if "cache-clean-interval" in options:
+            values["cache-clean-interval"] = options.pop_int("cache-clean-interval", 0)
+        return values
+
+    def _cache_capacities(self, values: dict[str, int]) -> tuple[int, int]:
+        """(L2 tables, refcount blocks) the caches hold: QEMU's read_cache_sizes."""
+        h = self.header
+        cs = h.cluster_size
+        entry_size = 16 if h.extended_l2 else 8
+        max_l2_cache = -(-(-(-h.size // cs) * entry_size) // cs) * cs
+        min_refcount_cache = MIN_REFCOUNT_CACHE_TABLES * cs
+        combined = values.get("cache-size")
+        l2 = values.get("l2-cache-size")
+        refcount = values.get("refcount-cache-size")
+        if combined is not None:
+            if l2 is not None and refcount is not None:
+                raise OpenError(
+                    "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time"
+                )
+            if l2 is not None and l2 > combined:
+                raise OpenError("l2-cache-size may not exceed cache-size")
+            if refcount is not None and refcount > combined:
+                raise OpenError("refcount-cache-size may not exceed cache-size")
+            if l2 is not None:
+                refcount = combined - l2
+            elif refcount is not None:
+                l2 = combined - refcount
+            elif combined >= max_l2_cache + min_refcount_cache:
+                l2, refcount = max_l2_cache, combined - max_l2_cache
+            else:
+                refcount = min(combined, min_refcount_cache)
+                l2 = combined - refcount
+        if l2 is None:
+            l2 = min(max_l2_cache, DEFAULT_L2_CACHE_BYTES)
+        if refcount is None:
+            refcount = min_refcount_cache
+        entry = values.get("l2-cache-entry-size", cs)
+        if entry < 512 or entry > cs or entry & (entry - 1):
+            raise OpenError(
+                f"L2 cache entry size must be a power of two between 512 and the cluster size ({cs})"
+            )
+        if values.get("cache-clean-interval", 0) & ((1 << 64) - 1) > 0xFFFFFFFF:
+            raise OpenError("Cache clean interval too big")
+        return max(MIN_L2_CACHE_TABLES, l2 // entry), max(MIN_REFCOUNT_CACHE_TABLES, refcount // cs)
+
+    async def _renew_caches(self, values: dict[str, int]) -> None:
+        """Write back and replace both caches (qcow2_update_options on reopen and resize)."""
+        l2_tables, refcount_tables = self._cache_capacities(values)
+        await self.flush_caches()
+        self._cache_options = values
+        self.l2_cache = TableCache(self, "l2", l2_tables)
+        self.refblock_cache = TableCache(self, "refblock", refcount_tables)
 
     async def _open_data_file(self, options: Options) -> None:
         h = self.header
@@ -519,6 +548,8 @@ class Qcow2Node(BlockNode):
         raw = bytearray(csize)
         await self.fire("read_compressed")
         await self.image_file.preadv(coffset, memoryview(raw))
+        # QEMU decompresses in its worker-thread pool: the request yields meanwhile.
+        await scheduler.io(COST_READ)
         try:
             data = codec.decompress(bytes(raw), self.header.compression_type, self.cluster_size)
         except codec.CompressionError:
@@ -534,6 +565,13 @@ class Qcow2Node(BlockNode):
             raise BlockError(errno.ENOMEDIUM)
         pos = 0
         total = len(data)
+        # A request that needs several allocations runs them as parallel tasks in QEMU (up
+        # to QCOW2_MAX_WORKERS): the next chunk is allocated while the previous one's data
+        # is still being written, so its L2 entries are linked (and the clusters it replaces
+        # freed) only after the later allocations were made.  Deferring the link step to
+        # when the pool is full or the request ends reproduces QEMU's cluster placement.
+        pending: list[tuple[memoryview, list[L2Meta], L2Meta | None]] = []
+        error: BlockError | None = None
         while pos < total:
             await self.lock.acquire()
             try:
@@ -545,22 +583,53 @@ class Qcow2Node(BlockNode):
                         await self.map.abort_meta(meta)
                         self.map.finish_meta(meta)
                     raise
-            except BlockError:
+            except BlockError as exc:
                 self.lock.release()
-                raise
+                error = exc
+                break
             self.lock.release()
-            await self._write_task(host, offset + pos, data[pos : pos + n], metas, flags)
+            chunk = data[pos : pos + n]
+            try:
+                merged = await self._write_data(host, offset + pos, chunk, metas, flags)
+            except BlockError as exc:
+                error = exc
+                break
             pos += n
+            if pos == total and not pending:
+                await self._link_task(chunk, metas, merged)  # one chunk: no task pool
+                return
+            pending.append((chunk, metas, merged))
+            if len(pending) == COMPRESS_WORKERS and pos < total:
+                error = await self._link_tasks(pending)
+                if error is not None:
+                    break
+        later = await self._link_tasks(pending)
+        if error is not None or later is not None:
+            raise error or later  # type: ignore[misc]
 
-    async def _write_task(
+    async def _link_tasks(
+        self, pending: list[tuple[memoryview, list[L2Meta], L2Meta | None]]
+    ) -> BlockError | None:
+        """Finish the queued tasks as QEMU's completion handler does: newest first."""
+        first: BlockError | None = None
+        while pending:
+            chunk, metas, merged = pending.pop()
+            try:
+                await self._link_task(chunk, metas, merged)
+            except BlockError as exc:
+                first = first or exc
+        return first
+
+    async def _write_data(
         self, host: int, offset: int, data: memoryview, metas: list[L2Meta], flags: ReqFlags
-    ) -> None:
-        merged = self._merge_cow(offset, len(data), metas)
+    ) -> L2Meta | None:
+        """The data part of qcow2_co_pwritev_task (unless it goes out with the COW)."""
         try:
+            await self._handle_alloc_space(metas)
+            merged = self._merge_cow(offset, len(data), metas)
             if merged is None:
                 await self.fire("write_aio")
                 await self.data_file.pwritev(host, data, flags & ReqFlags.FUA)
-            await self.lock.acquire()
         except BlockError:
             await self.lock.acquire()
             for meta in metas:
@@ -568,23 +637,79 @@ class Qcow2Node(BlockNode):
                 self.map.finish_meta(meta)
             self.lock.release()
             raise
+        return merged
+
+    async def _link_task(
+        self, data: memoryview, metas: list[L2Meta], merged: L2Meta | None
+    ) -> None:
+        """The rest of the task: copy-on-write, then point the L2 entries at the data."""
+        await self.lock.acquire()
         try:
-            for meta in metas:
+            for index, meta in enumerate(metas):
                 try:
                     await self._perform_cow(meta, data if meta is merged else None)
                     await self.map.link_l2(meta)
                 except BlockError:
-                    await self.map.abort_meta(meta)
+                    # This allocation and the ones after it are given up (and waiters woken).
+                    for rest in metas[index:]:
+                        await self.map.abort_meta(rest)
+                        self.map.finish_meta(rest)
                     raise
-                finally:
-                    self.map.finish_meta(meta)
+                self.map.finish_meta(meta)
         finally:
             self.lock.release()
+
+    async def _handle_alloc_space(self, metas: list[L2Meta]) -> None:
+        """handle_alloc_space: when what copy-on-write would copy is unallocated all the way
+        down, zero the new clusters in the data file efficiently (leaving the file sparse)
+        and skip the copy."""
+        target: BlockNode | None = self.data_file
+        while target is not None and target.format_name == "raw":
+            target = target.file  # raw passes its file's zero-write abilities through
+        if target is None or target.protocol_name != "file":
+            return  # only host files do zero writes without a fallback
+        for meta in metas:
+            start, end = meta.cow_start, meta.cow_end
+            if not start.nb_bytes and not end.nb_bytes:
+                continue
+            if not (
+                await self._is_unallocated(meta.guest_offset + start.offset, start.nb_bytes)
+                and await self._is_unallocated(meta.guest_offset + end.offset, end.nb_bytes)
+            ):
+                continue
+            host = meta.alloc_offset + start.offset
+            nbytes = end.offset + end.nb_bytes - start.offset
+            await self.check_metadata_write(host, nbytes, "data")
+            await self.fire("cluster_alloc_space")
+            try:
+                await self.data_file.pwrite_zeroes(host, nbytes, ReqFlags.NO_FALLBACK)
+            except BlockError as exc:
+                if exc.errno not in (errno.ENOTSUP, errno.EAGAIN):
+                    raise
+                continue
+            meta.skip_cow = True
+
+    async def _is_unallocated(self, offset: int, nbytes: int) -> bool:
+        """Is [offset, offset+nbytes) allocated in no layer of the chain
+        (bdrv_is_allocated_above down to the bottom)?"""
+        if nbytes == 0:
+            return True
+        run = nbytes
+        node: BlockNode | None = self
+        while node is not None:
+            status = await node.block_status(offset, nbytes, want_zero=False)
+            if status.allocated:
+                return False
+            # A run cut short only by the end of a lower layer does not limit the answer.
+            if run > status.length and (node is self or offset + status.length < node.getlength()):
+                run = status.length
+            node = node.backing if node.supports_backing else node.filtered_child()
+        return run == nbytes
 
     @staticmethod
     def _merge_cow(offset: int, nbytes: int, metas: list[L2Meta]) -> L2Meta | None:
         for meta in metas:
-            if not meta.cow_start.nb_bytes and not meta.cow_end.nb_bytes:
+            if meta.skip_cow or not meta.cow_start.nb_bytes and not meta.cow_end.nb_bytes:
                 continue
             if meta.cow_start_abs + meta.cow_start.nb_bytes != offset:
                 continue
@@ -597,7 +722,7 @@ class Qcow2Node(BlockNode):
         """Copy the untouched parts of newly allocated (sub)clusters; write them (with the
         guest data when it could be merged into one write)."""
         start, end = meta.cow_start, meta.cow_end
-        if not start.nb_bytes and not end.nb_bytes:
+        if meta.skip_cow or not start.nb_bytes and not end.nb_bytes:
             return
         self.lock.release()
         try:
@@ -633,6 +758,9 @@ class Qcow2Node(BlockNode):
     async def drv_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
         if self.context.offline:
             raise BlockError(errno.ENOMEDIUM)
+        if flags & ReqFlags.NO_FALLBACK and self.header.version < 3:
+            # Only v3 images declare NO_FALLBACK among their supported zero-write flags.
+            raise BlockError(errno.ENOTSUP)
         sc = self.map.subcluster_size
         head = offset % sc
         tail = -(offset + length) % sc
@@ -683,6 +811,9 @@ class Qcow2Node(BlockNode):
         node: BlockNode | None = self
         while node is not None:
             status = await node.block_status(offset, length, want_zero=True)
+            if status.length == 0 and node is not self:
+                # Past the end of a shorter backing file: zeros, as if allocated there.
+                return BlockStatus(length, zero=True, allocated=True)
             if (
                 status.allocated
                 or status.length == 0
@@ -736,6 +867,9 @@ class Qcow2Node(BlockNode):
     async def _write_compressed_cluster(self, offset: int, chunk: bytes) -> None:
         cs = self.cluster_size
         padded = chunk + bytes(cs - len(chunk))
+        # Compression runs in QEMU's worker-thread pool: the request yields meanwhile, so
+        # earlier asynchronous completions are reported before this write goes on.
+        await scheduler.io(COST_WRITE)
         out = codec.compress(padded, self.header.compression_type, cs - 1)
         if out is None:
             await self.drv_pwritev(offset, memoryview(chunk), ReqFlags.NONE)
@@ -767,38 +901,25 @@ class Qcow2Node(BlockNode):
         finally:
             self.lock.release()
 
-    async def drv_truncate(self, length: int, exact: bool, prealloc: str) -> None:
+    async def drv_truncate(
+        self, length: int, exact: bool, prealloc: str, zero_write: bool = False
+    ) -> None:
+        """qcow2_co_truncate.  ``zero_write``: the new area must read as zeros (the backing
+        file is longer than the old size and would show through otherwise)."""
         if prealloc not in PREALLOC_MODES:
             raise OpenError(f"Unsupported preallocation mode '{prealloc}'", errno.ENOTSUP)
         if length % 512:
             raise OpenError("The new size must be a multiple of 512")
         h = self.header
-        if h.nb_snapshots and h.version < 3:
-            raise OpenError("Can't resize a v2 image which has snapshots", errno.ENOTSUP)
         await self.lock.acquire()
         try:
+            if h.nb_snapshots and h.version < 3:
+                raise OpenError("Can't resize a v2 image which has snapshots", errno.ENOTSUP)
             old_length = self.getlength()
             per_l1 = h.l2_entries * self.cluster_size
             new_l1 = -(-length // per_l1)
             if length < old_length:
-                if prealloc != "off":
-                    raise OpenError("Preallocation can't be used for shrinking an image")
-                if h.nb_snapshots:
-                    raise OpenError("Can't shrink an image with internal snapshots", errno.ENOTSUP)
-                start = -(-length // self.cluster_size) * self.cluster_size
-                try:
-                    if old_length > start:
-                        await self.map.discard(start, old_length - start, DISCARD_ALWAYS, True)
-                except BlockError as exc:
-                    raise OpenError(
-                        f"Failed to discard cropped clusters: {exc.strerror}", exc.errno
-                    ) from None
-                try:
-                    await self.map.shrink_l1_table(new_l1)
-                except BlockError as exc:
-                    raise OpenError(
-                        f"Failed to reduce the number of L2 tables: {exc.strerror}", exc.errno
-                    ) from None
+                await self._shrink(length, old_length, prealloc, new_l1)
             else:
                 try:
                     await self.map.grow_l1_table(new_l1, True)
@@ -806,8 +927,28 @@ class Qcow2Node(BlockNode):
                     raise OpenError(
                         f"Failed to grow the L1 table: {exc.strerror}", exc.errno
                     ) from None
-            if prealloc == "off" and self.has_data_file and self.data_file is not self.file:
-                await self.data_file.truncate(length, exact, "off")
+                if h.data_file_raw and prealloc == "off":
+                    # The L2 tables of a raw data file's image always map everything.
+                    prealloc = "metadata"
+            if prealloc == "off":
+                if self.has_data_file:
+                    await self.data_file.truncate(length, exact, "off")
+            elif prealloc == "metadata" or self.has_data_file:
+                await self._preallocate(old_length, length, prealloc)
+            else:
+                zero_write = await self._preallocate_host(old_length, length, prealloc, zero_write)
+            if zero_write and length > old_length:
+                await self._zero_new_area(old_length, length)
+            if prealloc != "off":
+                try:
+                    await self.l2_cache.write()
+                    if self.needs_accurate_refcounts:
+                        await self.refblock_cache.write()
+                except BlockError as exc:
+                    raise OpenError(
+                        f"Failed to flush the preallocated area to disk: {exc.strerror}",
+                        exc.errno,
+                    ) from None
             try:
                 await self.write_sync(24, struct.pack(">Q", length))
             except BlockError as exc:
@@ -816,35 +957,160 @@ class Qcow2Node(BlockNode):
                 ) from None
             h.size = length
             self.l1_vm_state_index = new_l1
+            await self._renew_caches(self._cache_options)  # sized for the new length
         finally:
             self.lock.release()
-        if length > old_length and prealloc != "off":
-            await self._preallocate(old_length, length, prealloc)
+
+    async def _shrink(self, length: int, old_length: int, prealloc: str, new_l1: int) -> None:
+        if prealloc != "off":
+            raise OpenError("Preallocation can't be used for shrinking an image")
+        start = -(-length // self.cluster_size) * self.cluster_size
+        try:
+            if old_length > start:
+                await self.map.discard(start, old_length - start, DISCARD_ALWAYS, True)
+        except BlockError as exc:
+            raise OpenError(
+                f"Failed to discard cropped clusters: {exc.strerror}", exc.errno
+            ) from None
+        try:
+            await self.map.shrink_l1_table(new_l1)
+        except BlockError as exc:
+            raise OpenError(
+                f"Failed to reduce the number of L2 tables: {exc.strerror}", exc.errno
+            ) from None
+        try:
+            await self.refcounts.shrink_table()
+        except BlockError as exc:
+            raise OpenError(
+                f"Failed to discard unused refblocks: {exc.strerror}", exc.errno
+            ) from None
+        await self._truncate_file_tail()
+
+    async def _zero_new_area(self, old_length: int, length: int) -> None:
+        """Zero clusters for the grown area, explicit zeros for its unaligned head."""
+        sc = self.map.subcluster_size
+        zero_start = -(-old_length // sc) * sc
+        if length > zero_start:
+            try:
+                await self.map.zeroize(zero_start, length - zero_start, False)
+            except BlockError as exc:
+                raise OpenError(
+                    f"Failed to zero out new clusters: {exc.strerror}", exc.errno
+                ) from None
+        if zero_start > old_length:
+            n = min(zero_start, length) - old_length
+            self.lock.release()
+            try:
+                await self.drv_pwritev(old_length, memoryview(bytes(n)), ReqFlags.NONE)
+            except BlockError as exc:
+                raise OpenError(
+                    f"Failed to zero out the new area: {exc.strerror}", exc.errno
+                ) from None
+            finally:
+                await self.lock.acquire()
+
+    async def _truncate_file_tail(self) -> None:
+        """After shrinking, cut the image file after the last cluster still in use."""
+        file_size = self.image_file.getlength()
+        try:
+            last = await self.refcounts.last_cluster(file_size)
+        except BlockError as exc:
+            raise OpenError(f"Failed to find the last cluster: {exc.strerror}", exc.errno) from None
+        end = (last + 1) * self.cluster_size
+        if end < file_size:
+            try:
+                await self.image_file.truncate(end, False, "off")
+            except (BlockError, OpenError) as exc:
+                reason = exc.message if isinstance(exc, OpenError) else exc.strerror
+                self.context.warn(f"Failed to truncate the tail of the image: {reason}")
 
     async def _preallocate(self, start: int, end: int, mode: str) -> None:
-        """Allocate clusters (and for falloc/full, host space) for guest [start, end)."""
+        """preallocate_co: map guest [start, end) to new clusters (lock held)."""
         pos = start
+        host_end = 0
         while pos < end:
-            await self.lock.acquire()
             try:
-                host, n, metas = await self.map.alloc_host_offset(pos, end - pos)
-                for meta in metas:
-                    # Preallocation links clusters without writing or copying data.
-                    meta.prealloc = True
-                    meta.cow_start.nb_bytes = meta.cow_end.nb_bytes = 0
-                    await self.map.link_l2(meta)
-                    self.map.finish_meta(meta)
+                host, n, metas = await self.map.alloc_host_offset(
+                    pos, min(end - pos, (1 << 31) - self.cluster_size)
+                )
+            except BlockError as exc:
+                raise OpenError(f"Allocating clusters failed: {exc.strerror}", exc.errno) from None
+            for meta in metas:
+                meta.prealloc = True  # no data written: subclusters stay unallocated
+            self.lock.release()
+            try:
+                await self._link_task(memoryview(b""), metas, None)
+            except BlockError as exc:
+                raise OpenError(f"Mapping clusters failed: {exc.strerror}", exc.errno) from None
             finally:
-                self.lock.release()
-            if mode in ("falloc", "full"):
-                await self.data_file.pwrite_zeroes(host, n)
-            last_host_end = host + n
+                await self.lock.acquire()
+            host_end = host + n
             pos += n
-        if self.data_file.getlength() < last_host_end:
-            await self.data_file.truncate(
-                last_host_end, False, "off" if mode == "metadata" else mode
+        # The file must reach the last allocated cluster, or reads there would fail.
+        if host_end > self.data_file.getlength():
+            await self.data_file.truncate(host_end, False, "off" if mode == "metadata" else mode)
+
+    async def _preallocate_host(self, old_length: int, length: int, mode: str, zero: bool) -> bool:
+        """falloc/full without a data file: new data clusters in one area at the end of the
+        file, refcount structures sized to cover them first.  Returns whether the new area
+        still needs zeroing."""
+        cs = self.cluster_size
+        file_size = self.image_file.getlength()
+        last = await self.refcounts.last_cluster(file_size)
+        old_file_size = (last + 1) * cs
+        nb_data = (-(-length // cs) * cs - old_length // cs * cs) // cs
+        nb_l2 = -(-nb_data // (cs // (16 if self.header.extended_l2 else 8))) + 1
+        try:
+            start = await self.refcounts.refcount_area(old_file_size, nb_data + nb_l2, True, 0, 0)
+        except BlockError as exc:
+            raise OpenError(
+                f"Failed to resize refcount structures: {exc.strerror}", exc.errno
+            ) from None
+        try:
+            allocated = await self.refcounts.alloc_clusters_at(start, nb_data)
+        except BlockError as exc:
+            raise OpenError(
+                f"Failed to allocate data clusters: {exc.strerror}", exc.errno
+            ) from None
+        assert allocated == nb_data
+        new_file_size = start + nb_data * cs
+        needs_allocation = False
+        if zero and self.image_file.protocol_name == "file":
+            # A file grows with zeros: the clusters can be marked as written.
+            zero = False
+            needs_allocation = True
+        try:
+            await self.image_file.truncate(new_file_size, False, mode)
+        except OpenError as exc:
+            await self.refcounts.free_clusters(start, nb_data * cs, DISCARD_OTHER)
+            raise OpenError(f"Failed to resize underlying file: {exc.message}", exc.errno) from None
+        host = start
+        guest = old_length
+        remaining = nb_data
+        while remaining:
+            l2_index = self.map.l2_index(guest)
+            n = min(remaining, self.header.l2_entries - l2_index)
+            head = guest % cs
+            guest -= head
+            meta = L2Meta(
+                guest_offset=guest,
+                alloc_offset=host,
+                nb_clusters=n,
+                keep_old=False,
+                cow_start=CowRegion(0, head),
+                cow_end=CowRegion(n * cs, 0),
+                prealloc=not needs_allocation,
             )
-        await self.flush()
+            try:
+                await self._perform_cow(meta, None)
+                await self.map.link_l2(meta)
+            except BlockError as exc:
+                await self.refcounts.free_clusters(host, remaining * cs, DISCARD_OTHER)
+                raise OpenError(f"Failed to update L2 tables: {exc.strerror}", exc.errno) from None
+            guest += n * cs
+            host += n * cs
+            remaining -= n
+        return zero
 
     async def drv_close(self) -> None:
         if not self.flags.read_write or self.context.offline or not hasattr(self, "refblock_cache"):
@@ -876,6 +1142,9 @@ class Qcow2Node(BlockNode):
                 pass
 
     async def drv_reopen(self, options: Options, read_write: bool) -> None:
+        # The caches are always written back and replaced, sized from this reopen's options
+        # only (qemu-io does not keep the cache sizes given at open).
+        await self._renew_caches(self._pop_cache_options(options))
         if "lazy-refcounts" in options:
             lazy = options.pop_bool("lazy-refcounts", self.lazy_refcounts_option)
             if lazy and self.header.version < 3:
@@ -895,10 +1164,6 @@ class Qcow2Node(BlockNode):
             "pass-discard-snapshot",
             "pass-discard-other",
             "overlap-check",
-            "cache-size",
-            "l2-cache-size",
-            "refcount-cache-size",
-            "cache-clean-interval",
         ):
             if key in options:
                 value = options.pop(key)
@@ -938,8 +1203,6 @@ class Qcow2Node(BlockNode):
         status.compressed = run.type == SC_COMPRESSED
         if self.metadata_preallocation and status.data and status.node is not None:
             status.recurse = True
-        if self.header.data_file_raw and status.node is not None:
-            status.raw = True
         return status
 
     async def _detect_metadata_preallocation(self) -> bool:

@@ -300,7 +300,7 @@ def serialize_header(h: Header) -> bytes:
         exts += _ext(EXT_DATA_FILE, h.data_file.encode("utf-8", "surrogateescape"))
     if h.crypto_ext is not None:
         exts += _ext(EXT_CRYPTO, h.crypto_ext)
-    if h.version >= 3:
+    if h.version >= 3 and h.cluster_size > 4096:  # QEMU leaves the names out of small clusters
         table = bytearray()
         for kind, bit, name in QEMU_FEATURE_TABLE:
             table += bytes([kind, bit]) + name.encode().ljust(46, b"\0")

@@ -185,7 +185,12 @@ class Refcounts:
             return count
 
     async def alloc_bytes(self, size: int) -> int:
-        """qcow2_alloc_bytes: a byte range for compressed data, packed into shared clusters."""
+        """qcow2_alloc_bytes: a byte range for compressed data, packed into shared clusters.
+
+        Like QEMU 7.2, the packing position survives the cluster being freed: if that
+        cluster was reused meanwhile (for guest data or an L2 table), the next compressed
+        data lands in it too — qemu-io then reports the overlap or leaves a refcount of 2,
+        and qio does the same."""
         node = self.node
         cs = node.cluster_size
         await node.fire("cluster_alloc_bytes")
@@ -271,14 +276,6 @@ class Refcounts:
                 refcount_set(table.raw, block_index, self.order, new)
                 if new == 0:
                     node.forget_metadata_cluster(cluster)
-                    if (
-                        self.free_byte_offset
-                        and self.free_byte_offset - self.free_byte_offset % cs == cluster
-                    ):
-                        # QEMU 7.2 keeps packing compressed data into this cluster even after
-                        # it was freed and reused for guest data (refcount 2 on a COPIED data
-                        # cluster); forgetting the packing position avoids that corruption.
-                        self.free_byte_offset = 0
                     if self.cache.peek(cluster) is not None:
                         self.cache.discard(cluster)
                         table = None
@@ -295,6 +292,69 @@ class Refcounts:
                 except (BlockError, Retry):
                     pass
             raise
+
+    # -- shrinking ----------------------------------------------------------------------------
+    async def last_cluster(self, file_size: int) -> int:
+        """qcow2_get_last_cluster: the highest cluster below ``file_size`` still in use."""
+        node = self.node
+        for index in range(-(-file_size // node.cluster_size) - 1, -1, -1):
+            if await self.get(index):
+                return index
+        await node.signal_corruption(True, "There are no references in the refcount table.")
+        raise BlockError(errno.EIO)
+
+    async def shrink_table(self) -> None:
+        """qcow2_shrink_reftable: unhook refcount blocks that count nothing but themselves."""
+        node = self.node
+        kept: list[int] = []
+        for index, entry in enumerate(self.table):
+            offset = entry & REFT_OFFSET_MASK
+            if not offset:
+                kept.append(0)
+                continue
+            block = self.cache.peek(offset) or await self.cache.get(offset)
+            assert block.raw is not None
+            raw = bytearray(block.raw)
+            if index == offset >> node.cluster_bits >> self.block_bits:
+                refcount_set(
+                    raw, (offset >> node.cluster_bits) & (self.block_entries - 1), self.order, 0
+                )
+            kept.append(entry if any(raw) else 0)
+        await node.write_sync(self.table_offset, struct.pack(f">{len(kept)}Q", *kept))
+        for index, entry in enumerate(self.table):
+            if entry and not kept[index]:
+                await self._discard_refcount_block(entry & REFT_OFFSET_MASK)
+                self.table[index] = 0
+        node.metadata_changed()
+        await self.process_discards()
+
+    async def _discard_refcount_block(self, offset: int) -> None:
+        node = self.node
+        index = offset >> node.cluster_bits
+        covering = await self._block_offset(index >> self.block_bits)
+        if not covering:
+            await node.signal_corruption(
+                True, f"Refblock at {hexc(offset)} is not covered by the refcount structures"
+            )
+            raise BlockError(errno.EIO)
+        block = self.cache.peek(covering) or await self.cache.get(covering)
+        assert block.raw is not None
+        slot = index & (self.block_entries - 1)
+        refcount = refcount_get(block.raw, slot, self.order)
+        if refcount != 1:
+            await node.signal_corruption(
+                True,
+                f"Invalid refcount: refblock offset {hexc(covering)}, reftable index "
+                f"{index >> self.block_bits}, block offset {hexc(offset)}, refcount {hexc(refcount)}",
+            )
+            raise BlockError(errno.EINVAL)
+        refcount_set(block.raw, slot, self.order, 0)
+        self.cache.mark_dirty(block)
+        if index < self.free_cluster_index:
+            self.free_cluster_index = index
+        if self.cache.peek(offset) is not None:
+            self.cache.discard(offset)
+        self._queue_discard(offset, node.cluster_size)
 
     def _queue_discard(self, offset: int, length: int) -> None:
         for d in self.pending_discards:

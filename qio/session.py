@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -210,6 +211,12 @@ class Session:
             )
             return -errno.EDEADLK
         except FatalError as fatal:
+            if fatal.abort:
+                # abort(): what stdout still buffers is lost, stderr went out at once.
+                self.r.console.out.discard()
+                self.r.error(fatal.message)
+                signal.signal(signal.SIGABRT, signal.SIG_DFL)
+                os.abort()
             self.r.error(fatal.message)
             raise QuitProgram(fatal.status) from None
         finally:

@@ -727,6 +727,11 @@ def _map(directory: str, name: str) -> tuple[str, str]:
         return text, text
     entries = json.loads(p.stdout)
     offsets = [e.pop("offset", None) for e in entries]
+    for e in entries:
+        if e.get("data"):
+            # "zero" on data comes from holes in the host file, which ext4 reports
+            # differently as writeback progresses: not a property of the image.
+            e["zero"] = False
     # Without host offsets, runs split only by where clusters landed are one run.
     merged: list[dict] = []
     for e in entries:

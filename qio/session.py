@@ -9,6 +9,8 @@ count, check the write permission, then run it.
 from __future__ import annotations
 
 import errno
+import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -226,6 +228,12 @@ class Session:
         """The program ends here (qemu-io calls exit() inside the driver)."""
         if isinstance(fatal, BlkverifyExit):
             self.r.mismatch(fatal.mismatch, fatal=True)
+        elif fatal.abort:
+            # abort(): what stdout still buffers is lost, stderr went out at once.
+            self.r.console.out.discard()
+            self.r.error(fatal.message)
+            signal.signal(signal.SIGABRT, signal.SIG_DFL)
+            os.abort()
         else:
             self.r.error(fatal.message)
         raise QuitProgram(fatal.status) from None

@@ -143,10 +143,11 @@ class Task:
 class FatalError(Exception):
     """An error that ends the program (qemu-io calls exit() from inside the driver)."""
 
-    def __init__(self, message: str, status: int = 1) -> None:
+    def __init__(self, message: str, status: int = 1, abort: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.abort = abort  # QEMU aborts (assertion, &error_abort): SIGABRT, stdout lost
 
 
 class Deadlock(Exception):

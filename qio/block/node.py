@@ -806,6 +806,7 @@ class BlockNode:
                 inner.length,
                 data=inner.data,
                 zero=inner.zero,
+                allocated=inner.allocated,
                 offset=inner.offset,
                 node=inner.node,
                 eof=inner.eof,
@@ -815,6 +816,12 @@ class BlockNode:
                 status.length = min(length, max(1, total - offset))
                 status.zero = True
                 status.eof = True
+                status.allocated = True
+            # QEMU takes a pass-through answer as it is (goto out): a format node below a
+            # raw node (raw over qcow2) keeps its own idea of what is allocated
+            if offset + status.length >= total:
+                status.eof = True
+            return status
         if status.data or status.zero:
             status.allocated = True
         elif self.supports_backing:

@@ -256,6 +256,8 @@ async def open_node(
     node.node_name = node_name or ctx.new_node_name()
     node.probed = probed
     node.options = {"driver": cls.format_name, **options.as_dict()}
+    if node_name:
+        node.options["node-name"] = node_name  # an explicit name may be repeated by reopen
     if file_node is not None:
         node.attach("file", file_node)
         node.filename = file_node.filename

@@ -7,6 +7,8 @@ image never pays for importing qcow2 or NBD.
 from __future__ import annotations
 
 import importlib
+import os
+import stat
 from typing import TYPE_CHECKING
 
 from qio.errors import OpenError
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
 # driver name -> "module:Class"
 _DRIVERS: dict[str, str] = {
     "file": "qio.block.drivers.file:FileNode",
+    "host_device": "qio.block.drivers.host_device:HostDeviceNode",
     "raw": "qio.block.drivers.raw:RawNode",
     "null-co": "qio.block.drivers.null:NullCoNode",
     "null-aio": "qio.block.drivers.null:NullAioNode",
@@ -30,6 +33,7 @@ _DRIVERS: dict[str, str] = {
 # filename prefix (before the first ':') -> driver name
 PROTOCOLS: dict[str, str] = {
     "file": "file",
+    "host_device": "host_device",
     "null-co": "null-co",
     "null-aio": "null-aio",
     "blkverify": "blkverify",
@@ -59,6 +63,7 @@ UNSUPPORTED_FORMATS = (
     "preallocate",
     "replication",
     "quorum",
+    "host_cdrom",
 )
 
 
@@ -86,6 +91,9 @@ def lookup(name: str) -> type[BlockNode]:
 
 def protocol_for(filename: str) -> str:
     """The protocol driver a filename names (QEMU's bdrv_find_protocol)."""
+    if _is_device(filename):
+        # QEMU looks for a host device before it looks at a protocol prefix
+        return "host_device"
     stop = len(filename)
     for i, ch in enumerate(filename):
         if ch in ":/\\":
@@ -98,3 +106,11 @@ def protocol_for(filename: str) -> str:
     if driver is None:
         raise OpenError(f"Unknown protocol '{prefix}'")
     return driver
+
+
+def _is_device(filename: str) -> bool:
+    try:
+        mode = os.stat(filename).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)

@@ -36,6 +36,8 @@ async def _reopen_node(node: BlockNode, options: Options, read_write: bool) -> N
         if mode not in DISCARD_MODES:
             raise OpenError(f"Invalid discard option: {mode}")
         node.flags.unmap = DISCARD_MODES[mode]
+    if "auto-read-only" in options:  # a runtime option: checked, then taken as it is
+        to_bool("auto-read-only", options.pop("auto-read-only"))
     options.pop("detect-zeroes")
     options.pop("read-only")
     child_options: dict[str, Options] = {}
@@ -45,13 +47,25 @@ async def _reopen_node(node: BlockNode, options: Options, read_write: bool) -> N
         # Going read-only: whatever is cached must reach the image first.
         await node.flush()
     await node.drv_reopen(options, read_write)
-    leftover = options.first_key()
-    if leftover is not None:
-        raise OpenError(f"Cannot change the option '{leftover}'")
+    _check_unchanged(node, options)
     for role, child in node.children.items():
         if role == "backing":
+            # the backing chain keeps its read-only state, but its options are checked too
+            _check_unchanged(child, child_options[role])
             continue
         await _reopen_node(child, child_options[role], read_write)
     # Only once the whole subtree accepted the change (a driver below may refuse).
     node.flags.read_write = read_write
     node.refresh_total_sectors()
+
+
+def _check_unchanged(node: BlockNode, options: Options) -> None:
+    """bdrv_reopen_prepare: options nobody handled are fine only when they keep their value
+    (compared with the node's open options, as strings: reopen options always are)."""
+    for key in options.in_qdict_order():  # QEMU names the first in its QDict's order
+        value = options.pop(key)
+        if key == "driver" and value == node.format_name:
+            continue
+        old = node.options.get(key)
+        if not (isinstance(old, str) and isinstance(value, str) and old == value):
+            raise OpenError(f"Cannot change the option '{key}'")

@@ -26,6 +26,7 @@ class FileNode(BlockNode):
     format_name = "file"
     protocol_name = "file"
     needs_filename = True
+    device = False  # host_device: the node must be a character or block device instead
 
     fd: int = -1
 
@@ -63,10 +64,17 @@ class FileNode(BlockNode):
                 exc.errno or errno.EIO,
             ) from None
         st = os.fstat(self.fd)
-        if stat.S_ISDIR(st.st_mode):
+        # QEMU's raw_open_common: each driver accepts only its own kind of host file
+        if self.device and not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            wrong = f"requires '{filename}' to be either a character or block device"
+        elif not self.device and not stat.S_ISREG(st.st_mode):
+            wrong = f"requires '{filename}' to be a regular file"
+        else:
+            wrong = ""
+        if wrong:
             os.close(self.fd)
             self.fd = -1
-            raise OpenError(f"'{filename}' is not a regular file or block device", errno.EINVAL)
+            raise OpenError(f"'{self.format_name}' driver {wrong}", errno.EINVAL)
         self._is_regular = stat.S_ISREG(st.st_mode)
         if locking != "off":
             hostio.lock_image(self.fd, filename, self.flags.read_write, self.flags.force_share)

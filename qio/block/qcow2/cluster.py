@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from qio.block.coroutine import Future
+from qio.block.node import ReqFlags
 from qio.block.qcow2.cache import Table
 from qio.block.qcow2.layout import (
     L1E_OFFSET_MASK,
@@ -797,6 +798,10 @@ class ClusterMap:
         node = self.node
         end = offset + nbytes
         total = node.getlength()
+        if node.header.data_file_raw and node.data_file is not None:
+            # the raw data file must read as the image does: zero it first (QEMU does)
+            zflags = ReqFlags.MAY_UNMAP if may_unmap else ReqFlags.NONE
+            await node.data_file.pwrite_zeroes(offset, nbytes, zflags)
         if node.header.version < 3:
             if node.backing is None:
                 await self.discard(offset, nbytes, DISCARD_REQUEST, False)

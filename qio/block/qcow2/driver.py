@@ -92,8 +92,37 @@ def _validate_table(
         raise OpenError(f"{name} offset invalid")
 
 
+# QEMU's qcow2 overlap-check templates and per-kind option names (QCOW2_OL_*)
+OVERLAP_NAMES = {
+    "main-header": "qcow2_header",
+    "active-l1": "active L1 table",
+    "active-l2": "active L2 table",
+    "refcount-table": "refcount table",
+    "refcount-block": "refcount block",
+    "snapshot-table": "snapshot table",
+    "inactive-l1": "inactive L1 table",
+    "inactive-l2": "inactive L2 table",
+    "bitmap-directory": "bitmap directory",
+}
+_CONSTANT = (
+    "qcow2_header",
+    "active L1 table",
+    "refcount table",
+    "snapshot table",
+    "bitmap directory",
+)
+_CACHED = (*_CONSTANT, "active L2 table", "refcount block", "inactive L1 table")
+OVERLAP_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "constant": _CONSTANT,
+    "cached": _CACHED,
+    "all": (*_CACHED, "inactive L2 table"),
+}
+
+
 class Qcow2Node(BlockNode):
     format_name = "qcow2"
+    overlap_kinds: set[str] = set(_CACHED)
     is_format = True
     supports_backing = True
 
@@ -149,6 +178,8 @@ class Qcow2Node(BlockNode):
         )
         per_l1 = h.l2_entries * self.cluster_size
         self.l1_vm_state_index = -(-h.size // per_l1)
+        if self.l1_vm_state_index > 0x7FFFFFFF:  # QEMU keeps the index in an int
+            raise OpenError("Image is too big", errno.EFBIG)
         if h.l1_size < self.l1_vm_state_index:
             raise OpenError("L1 table is too small")
         try:
@@ -226,14 +257,24 @@ class Qcow2Node(BlockNode):
         options.pop("pass-discard-other")
         options.pop("discard-no-unref")
         overlap = options.pop_str("overlap-check")
-        if overlap is not None and overlap not in ("none", "constant", "cached", "all"):
+        template = options.pop_str("overlap-check.template")
+        if overlap is not None and template is not None and overlap != template:
             raise OpenError(
-                f"Unsupported value '{overlap}' for qcow2 option 'overlap-check'. Allowed are any of the following: none, constant, cached, all"
+                f"Conflicting values for qcow2 options 'overlap-check' ('{overlap}') and 'overlap-check.template' ('{template}')"
             )
-        self.overlap_checks = overlap != "none"
-        for key in list(options):
-            if key.startswith("overlap-check."):
-                options.pop(key)
+        mode = overlap or template or "cached"
+        if mode not in OVERLAP_TEMPLATES:
+            raise OpenError(
+                f"Unsupported value '{mode}' for qcow2 option 'overlap-check'. Allowed are any of the following: none, constant, cached, all"
+            )
+        checks = set(OVERLAP_TEMPLATES[mode])
+        for key, name in OVERLAP_NAMES.items():
+            if options.pop_bool(f"overlap-check.{key}", name in checks):
+                checks.add(name)
+            else:
+                checks.discard(name)
+        self.overlap_kinds = checks
+        self.overlap_checks = bool(checks)
         for key in ("encrypt.key-secret", "encrypt.format"):
             options.pop(key)
 
@@ -473,8 +514,26 @@ class Qcow2Node(BlockNode):
             )
             for l1_offset, l1_size in self.snapshot_l1s:
                 add(l1_offset, l1_size * 8, "inactive L1 table")
+        # kinds the overlap-check option leaves out are not checked (QEMU's cached default
+        # skips inactive L2 tables, which would need the snapshots' L1 tables read)
+        meta = {c: name for c, name in meta.items() if name in self.overlap_kinds}
         self.metadata = meta
         return meta
+
+    async def _inactive_l2_clusters(self) -> set[int]:
+        """overlap-check inactive-l2: the clusters of the L2 tables of the snapshots."""
+        clusters: set[int] = set()
+        for l1_offset, l1_size in self.snapshot_l1s:
+            if l1_size > MAX_L1_BYTES // 8:
+                raise BlockError(errno.EFBIG)
+            if (1 << 63) - 1 - l1_size * 8 < l1_offset or l1_offset % self.cluster_size:
+                raise BlockError(errno.EINVAL)
+            raw = bytearray(l1_size * 8)
+            await self.image_file.preadv(l1_offset, memoryview(raw))
+            for (entry,) in struct.iter_unpack(">Q", raw):
+                if entry & L1E_OFFSET_MASK:
+                    clusters.add((entry & L1E_OFFSET_MASK) >> self.cluster_bits)
+        return clusters
 
     def metadata_changed(self) -> None:
         self.metadata = None
@@ -497,15 +556,23 @@ class Qcow2Node(BlockNode):
             "refblock": "refcount block",
             "l1": "active L1 table",
         }.get(writing or "")
-        for c in range(
-            offset >> self.cluster_bits, (offset + max(size, 1) - 1 >> self.cluster_bits) + 1
-        ):
-            name = meta.get(c)
-            if name is not None and name != allowed:
-                await self.signal_corruption(
-                    True, f"Preventing invalid write on metadata (overlaps with {name})"
-                )
-                raise BlockError(errno.EIO)
+        first = offset >> self.cluster_bits
+        last = (offset + max(size, 1) - 1) >> self.cluster_bits
+        hit = next(
+            (n for c in range(first, last + 1) if (n := meta.get(c)) not in (None, allowed)),
+            None,
+        )
+        if hit is None and "inactive L2 table" in self.overlap_kinds:
+            # checked last, and read afresh every time, as QEMU does; a snapshot L1 table
+            # that fails validation fails the write with the validation's errno
+            inactive = await self._inactive_l2_clusters()
+            if any(c in inactive for c in range(first, last + 1)):
+                hit = "inactive L2 table"
+        if hit is not None:
+            await self.signal_corruption(
+                True, f"Preventing invalid write on metadata (overlaps with {hit})"
+            )
+            raise BlockError(errno.EIO)
 
     # =====================================================================================
     # Reading
@@ -1251,7 +1318,8 @@ class Qcow2Node(BlockNode):
             fields.append(("bitmaps", bitmaps))
         fields.append(("refcount-bits", h.refcount_bits))
         if h.has_data_file:
-            fields.append(("data-file", h.data_file))
+            if h.data_file:  # QEMU names it only when the image records a name
+                fields.append(("data-file", h.data_file))
             fields.append(("data-file-raw", h.data_file_raw))
         fields.append(("corrupt", bool(h.incompatible_features & INCOMPAT_CORRUPT)))
         fields.append(("extended-l2", h.extended_l2))

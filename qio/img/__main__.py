@@ -1,0 +1,5 @@
+import sys
+
+from qio.img.main import main
+
+sys.exit(main())

@@ -64,10 +64,10 @@ class Mismatches:
         if self.pending is not None and sum(self.pending) == offset:
             self.pending = (self.pending[0], self.pending[1] + length)
             return
-        self._print_pending()
+        self.flush()
         self.pending = (offset, length)
 
-    def _print_pending(self) -> None:
+    def flush(self) -> None:
         if self.pending is not None:
             start, length = self.pending
             _say(self.quiet, f"Content mismatch at offset {start}, length {length}!\n")
@@ -75,7 +75,7 @@ class Mismatches:
 
     def finish(self) -> bool:
         """Print what is left; True if anything differed."""
-        self._print_pending()
+        self.flush()
         return self.count > 0
 
 
@@ -180,6 +180,7 @@ async def _compare(a: Side, b: Side, strict: bool, found: Mismatches, progress: 
         offset += chunk
         progress.print(chunk / progress_base * 100, 100)
     if a.size != b.size:
+        found.flush()
         _say(quiet, "Warning: Image size mismatch!\n")
         over = a if a.size > b.size else b
         while offset < progress_base:

@@ -1,0 +1,163 @@
+"""qio-img snapshot: qemu-img 7.2's img_snapshot for qcow2 internal snapshots.
+
+``-l`` lists (read-only open), ``-c`` creates, ``-a`` applies (reverts the disk), ``-d``
+deletes; exactly one of them, and no ``-f`` (the format is always probed).  Formats without
+internal snapshots fail as in qemu-img: raw's list is empty, create/apply report ENOTSUP.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import sys
+import time
+
+from qio.block.coroutine import scheduler
+from qio.block.node import BlockNode
+from qio.block.qcow2 import internal_snapshots as ops
+from qio.block.qcow2.snapshots import NO_ICOUNT, Snapshot, find_by_id_and_name
+from qio.errors import BlockError
+from qio.getopt import LongOption
+from qio.img import opts
+from qio.img.common import ImgError, OpenSpec, error, open_image, usage_error
+
+LONGOPTS = (
+    LongOption("object", True, "object"),
+    LongOption("image-opts", False, "image-opts"),
+    LongOption("force-share", False, "U"),
+)
+NAME_MAX = 255  # QEMUSnapshotInfo.name is char[256]
+
+
+def size_to_str(value: int) -> str:
+    """QEMU's size_to_str: three significant digits and a binary unit."""
+    suffixes = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
+    _, exponent = math.frexp(value / (1000.0 / 1024.0))
+    i = (exponent - 1) // 10 if exponent > 0 else 0
+    return f"{value / (1 << (i * 10)):0.3g} {suffixes[i]}B"
+
+
+def dump_line(sn: Snapshot | None) -> str:
+    """bdrv_snapshot_dump: the header (``sn`` None) or one snapshot's row."""
+    if sn is None:
+        return f"{'ID':<10}{'TAG':<17}{'VM SIZE':>8}{'DATE':>20}{'VM CLOCK':>13}{'ICOUNT':>11}"
+    date = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sn.date_sec))
+    secs = sn.vm_clock_nsec // 1_000_000_000
+    clock = (
+        f"{secs // 3600:02d}:{(secs // 60) % 60:02d}:{secs % 60:02d}."
+        f"{(sn.vm_clock_nsec // 1_000_000) % 1000:03d}"
+    )
+    icount = str(sn.icount if sn.icount < 1 << 63 else sn.icount - (1 << 64))
+    if sn.icount == NO_ICOUNT:
+        icount = ""
+    return (
+        f"{sn.id_str:<9} {sn.name:<16} {size_to_str(sn.vm_state_size):>8}{date:>20}"
+        f"{clock:>13}{icount:>11}"
+    )
+
+
+def _is_qcow2(node: BlockNode) -> bool:
+    return node.format_name == "qcow2"
+
+
+def _truncate_name(name: str) -> str:
+    raw = os.fsencode(name)[:NAME_MAX]
+    return os.fsdecode(raw)
+
+
+def run(argv: list[str]) -> int:
+    options, operands = opts.parse(argv, ":la:c:d:hqU", LONGOPTS)
+    action: str | None = None
+    name = ""
+    quiet = force_share = image_opts = False
+    for opt, arg in options:
+        if opt in "lacd" and len(opt) == 1:
+            if action is not None:
+                raise usage_error("Cannot mix '-l', '-a', '-c', '-d'")
+            action = opt
+            name = arg or ""
+        elif opt == "q":
+            quiet = True
+        elif opt == "U":
+            force_share = True
+        elif opt == "image-opts":
+            image_opts = True
+        elif opt == "object":
+            raise ImgError("--object is not supported by qio-img")
+    if len(operands) != 1:
+        raise usage_error("Expecting one image file name")
+    spec = OpenSpec(
+        operands[0],
+        None,
+        image_opts,
+        read_write=action != "l",
+        force_share=force_share,
+        quiet=quiet,
+    )
+    image = open_image(spec)
+    try:
+        return _act(image.root, action, name)
+    finally:
+        image.close()
+
+
+def _act(root: BlockNode, action: str | None, name: str) -> int:
+    if action is None:
+        return 0
+    node = root
+    if action == "l":
+        if _is_qcow2(node):
+            snapshots = scheduler.run_sync(ops.read_snapshots(node))  # type: ignore[arg-type]
+            if snapshots:
+                out = ["Snapshot list:", dump_line(None)]
+                out += [dump_line(sn) for sn in snapshots]
+                sys.stdout.write("\n".join(out) + "\n")
+        return 0
+    if action == "c":
+        now_ns = time.time_ns()
+        usec = now_ns // 1000
+        sn = Snapshot(
+            "",
+            _truncate_name(name),
+            date_sec=usec // 1_000_000,
+            date_nsec=(usec % 1_000_000) * 1000,
+            icount=0,
+        )
+        try:
+            if not _is_qcow2(node):
+                raise ops.SnapshotError(errno.ENOTSUP)
+            scheduler.run_sync(ops.create(node, sn))  # type: ignore[arg-type]
+        except (ops.SnapshotError, BlockError) as exc:
+            code = exc.errno
+            error(f"Could not create snapshot '{name}': {-code} ({os.strerror(code)})")
+            return 1
+        return 0
+    if action == "a":
+        try:
+            if not _is_qcow2(node):
+                error(f"Could not apply snapshot '{name}': Block driver does not support snapshots")
+                return 1
+            scheduler.run_sync(ops.goto(node, name))  # type: ignore[arg-type]
+        except (ops.SnapshotError, BlockError) as exc:
+            error(f"Could not apply snapshot '{name}': Failed to load snapshot: "
+                  f"{os.strerror(exc.errno)}")
+            return 1
+        return 0
+    # delete: QEMU 7.2's bdrv_snapshot_find looks the name up (not the ID), then the
+    # snapshot is deleted by its ID and name
+    snapshots = scheduler.run_sync(ops.read_snapshots(node)) if _is_qcow2(node) else []  # type: ignore[arg-type]
+    index = find_by_id_and_name(snapshots, None, name)
+    if index < 0:
+        error(f"Could not delete snapshot '{name}': snapshot not found")
+        return 1
+    found = snapshots[index]
+    try:
+        scheduler.run_sync(ops.delete(node, found.id_str, found.name))  # type: ignore[arg-type]
+    except ops.SnapshotError as exc:
+        error(f"Could not delete snapshot '{name}': {exc.message or os.strerror(exc.errno)}")
+        return 1
+    except BlockError as exc:
+        error(f"Could not delete snapshot '{name}': {exc.strerror}")
+        return 1
+    return 0

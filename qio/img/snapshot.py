@@ -61,6 +61,15 @@ def _is_qcow2(node: BlockNode) -> bool:
     return node.format_name == "qcow2"
 
 
+def _reopen_fallback(node: BlockNode) -> None:
+    """bdrv_snapshot_goto on a format without snapshots closes the format, tries its file
+    and opens the format again: a probed raw image repeats its warning."""
+    from qio.block.drivers.raw import probe_warning
+
+    if node.format_name == "raw" and getattr(node, "probed", False) and node.file is not None:
+        node.context.err(probe_warning(node.file.filename))
+
+
 def _truncate_name(name: str) -> str:
     raw = os.fsencode(name)[:NAME_MAX]
     return os.fsdecode(raw)
@@ -136,6 +145,7 @@ def _act(root: BlockNode, action: str | None, name: str) -> int:
     if action == "a":
         try:
             if not _is_qcow2(node):
+                _reopen_fallback(node)
                 error(f"Could not apply snapshot '{name}': Block driver does not support snapshots")
                 return 1
             scheduler.run_sync(ops.goto(node, name))  # type: ignore[arg-type]

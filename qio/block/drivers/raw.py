@@ -16,6 +16,15 @@ from qio.block.options import Options
 from qio.errors import BlockError, OpenError
 
 
+def probe_warning(filename: str) -> str:
+    """What raw_open says when the format was probed and the image is writable."""
+    return (
+        f"WARNING: Image format was not specified for '{filename}' and probing guessed raw.\n"
+        "         Automatically detecting the format is dangerous for raw images, "
+        "write operations on block 0 will be restricted.\n"
+        "         Specify the 'raw' format explicitly to remove the restrictions.\n"
+    )
+
 class RawNode(BlockNode):
     format_name = "raw"
     is_format = True
@@ -52,12 +61,7 @@ class RawNode(BlockNode):
             # checked whole.
             self.request_alignment = SECTOR
             if self.flags.read_write:
-                self.context.err(
-                    f"WARNING: Image format was not specified for '{file.filename}' and probing guessed raw.\n"
-                    "         Automatically detecting the format is dangerous for raw images, "
-                    "write operations on block 0 will be restricted.\n"
-                    "         Specify the 'raw' format explicitly to remove the restrictions.\n"
-                )
+                self.context.err(probe_warning(file.filename))
         # Limits inherited from the child as QEMU's bdrv_merge_limits does; the request
         # alignment is not among them (a blkdebug ``align`` below pads at blkdebug itself).
         self.max_transfer = file.max_transfer

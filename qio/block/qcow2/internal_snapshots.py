@@ -265,4 +265,27 @@ async def delete(node: Qcow2Node, id_str: str, name: str) -> None:
         ) from None
 
 
-__all__ = ["SnapshotError", "create", "delete", "goto", "read_snapshots"]
+
+
+
+async def load_tmp(node: Qcow2Node, id_str: str | None, name: str | None) -> None:
+    """qcow2_snapshot_load_tmp: a read-only image shows the snapshot's L1 table as its
+    active one (the virtual size stays the image's)."""
+    if node.flags.read_write:
+        raise SnapshotError(errno.EINVAL, "Cannot load a snapshot into a writable image")
+    snapshots = await read_snapshots(node)
+    index = find_by_id_and_name(snapshots, id_str, name)
+    if index < 0:
+        raise SnapshotError(errno.ENOENT, "Can't find snapshot")
+    sn = snapshots[index]
+    _validate_l1(node, sn)
+    try:
+        l1 = await _read_l1(node, sn.l1_table_offset, sn.l1_size)
+    except BlockError as exc:
+        raise SnapshotError(exc.errno, "Failed to read l1 table for snapshot") from None
+    cmap = node.map
+    cmap.l1_table = l1
+    cmap.l1_offset = sn.l1_table_offset
+    node.header.l1_size = sn.l1_size
+    node.header.l1_table_offset = sn.l1_table_offset
+    node.metadata_changed()

@@ -31,7 +31,7 @@ def _version() -> str:
     )
 
 
-def _help() -> str:
+def help_text() -> str:
     names = ", ".join(sorted(_available()))
     return (
         f"{_version()}"
@@ -72,7 +72,7 @@ def _main(args: list[str]) -> int:
     while args and args[0].startswith("-") and args[0] != "-":
         opt = args.pop(0)
         if opt in ("-h", "--help"):
-            sys.stdout.write(_help())
+            sys.stdout.write(help_text())
             return 0
         if opt in ("-V", "--version"):
             sys.stdout.write(_version())

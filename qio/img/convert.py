@@ -14,18 +14,23 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from qio.block.coroutine import scheduler
 from qio.block.node import BlockNode, ReqFlags, is_zero
-from qio.errors import BlockError
+from qio.errors import BlockError, OpenError, OptionError
 from qio.getopt import LongOption
 from qio.img import opts
-from qio.img.common import ImgError, OpenedImage, OpenSpec, error, open_image
+from qio.img.common import ImgError, OpenedImage, OpenSpec, cvtnum, error, open_image
 from qio.img.progress import Progress
 from qio.img.status import DATA, ZERO, status_above
-from qio.numbers import NumberError, cvtnum
+from qio.numbers import strtol_base0
+
+if TYPE_CHECKING:
+    from qio.img.create import CreateOptions
 
 SECTOR = 512
 IO_BUF_SIZE = 2 << 20
@@ -384,6 +389,10 @@ def parse_args(argv: list[str]) -> Args:
         elif opt == "F":
             a.backing_fmt = value
         elif opt == "o":
+            from qio.img.create import is_valid_option_list
+
+            if not is_valid_option_list(value):
+                raise ImgError(f"Invalid option list: {value}")
             a.options.append(value)
         elif opt == "l":
             if value.startswith("snapshot."):
@@ -392,7 +401,7 @@ def parse_args(argv: list[str]) -> Args:
                 a.snapshot_name = value
         elif opt == "S":
             size = _cvtnum("buffer size for sparse output", value)
-            if size is None or size % SECTOR or size // SECTOR > MAX_BUF_SECTORS:
+            if size % SECTOR or size // SECTOR > MAX_BUF_SECTORS:
                 raise ImgError(
                     "Invalid buffer size for sparse output specified. Valid sizes are "
                     f"multiples of {SECTOR} up to {MAX_BUF_SECTORS * SECTOR}. Select 0 to "
@@ -411,7 +420,7 @@ def parse_args(argv: list[str]) -> Args:
         elif opt == "n":
             a.skip_create = True
         elif opt == "m":
-            count = _cvtnum("coroutines", value)
+            count = strtol_base0(value)  # qemu_strtol(optarg, NULL, 0, ...)
             if count is None or count < 1 or count > MAX_COROUTINES:
                 raise ImgError(
                     "Invalid number of coroutines. Allowed number of coroutines is between "
@@ -422,10 +431,7 @@ def parse_args(argv: list[str]) -> Args:
         elif opt == "U":
             a.force_share = True
         elif opt == "r":
-            rate = _cvtnum("rate limit", value)
-            if rate is None:
-                raise ImgError("")  # _cvtnum reported it
-            a.rate_limit = rate
+            a.rate_limit = _cvtnum("rate limit", value)
         elif opt == "object":
             raise ImgError("--object is not supported by qio-img")
         elif opt == "image-opts":
@@ -464,18 +470,8 @@ def parse_args(argv: list[str]) -> Args:
     return a
 
 
-def _cvtnum(name: str, text: str) -> int | None:
-    """qemu-img's cvtnum_full: a size, or an error naming what was expected."""
-    try:
-        value = cvtnum(text).value
-    except NumberError as exc:
-        if exc.code == errno.ERANGE:
-            error(f"Invalid {name} specified. Must be between 0 and {(1 << 63) - 1}.")
-        else:
-            error(f"Invalid {name} specified. You may use k, M, G, T, P or E suffixes for")
-            error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
-        return None
-    return value
+def _cvtnum(name: str, text: str) -> int:
+    return cvtnum(name, text)
 
 
 def has_zero_init(node: BlockNode) -> bool:
@@ -501,6 +497,16 @@ def run(argv: list[str]) -> int:
         if exc.usage_hint or exc.message:
             raise
         return 1
+    if a.options:
+        from qio.img.create import has_help_option, option_help
+
+        if has_help_option(",".join(a.options)):
+            try:
+                sys.stdout.write(option_help(a.target or None, a.out_fmt or "raw"))
+            except ImgError as exc:
+                error(exc.message)
+                return 1
+            return 0
     if not a.sources:
         error("Must specify image file name")
         return 1
@@ -550,16 +556,19 @@ def _convert(a: Args, progress: Progress, opened: list[OpenedImage]) -> int:
     if a.snapshot_opts is not None or a.snapshot_name is not None:
         _load_snapshot(a, sources)
     out_baseimg = a.out_baseimg
+    create_opts = None
     if not a.skip_create:
-        out_baseimg = _prepare_create(a, total * SECTOR)
-    target_has_backing = bool(out_baseimg)
-    if len(sources) > 1 and out_baseimg:
+        create_opts = _prepare_create(a, total * SECTOR)
+        out_baseimg = create_opts.text("backing_file")
+    target_has_backing = out_baseimg is not None
+    if len(sources) > 1 and out_baseimg is not None:
         raise ImgError(
             "Having a backing file for the target makes no sense when concatenating multiple "
             "input images"
         )
-    if not a.skip_create:
-        _create(a, total * SECTOR)
+    if create_opts is not None:
+        _check_create(a, create_opts)
+        _create(a, create_opts, total * SECTOR)
     if a.cache not in CACHE_MODES:
         raise ImgError(f"Invalid cache option: {a.cache}")
     if a.skip_create:
@@ -651,11 +660,58 @@ def _load_snapshot(a: Args, sources: list[Source]) -> None:
     raise ImgError(f"Failed to load snapshot: {message}")
 
 
-def _prepare_create(a: Args, size: int) -> str | None:
-    """Check the target format and creation options before anything is written; returns
-    the backing file the target will have."""
-    raise ImgError("image creation is not available yet")
+def _prepare_create(a: Args, size: int) -> CreateOptions:
+    """The target's creation options as img_convert builds them before anything is written:
+    the format's and protocol's option lists, ``-o``, the size, ``-B``/``-F``."""
+    from qio.block import registry
+    from qio.img.create import FORMATS, CreateOptions, create_opts_list, option_pairs
+
+    fmt = a.out_fmt or "raw"
+    if fmt not in FORMATS:
+        if fmt in registry.driver_names() or fmt in registry.UNSUPPORTED_FORMATS:
+            raise ImgError(f"Creating '{fmt}' images is not supported by qio-img")
+        raise ImgError(f"Unknown file format '{fmt}'")
+    opts = CreateOptions(create_opts_list(fmt))
+    try:
+        for name, text in option_pairs(",".join(a.options)) if a.options else []:
+            opts.set(name, text)
+    except OptionError as exc:
+        raise ImgError(exc.message) from None
+    opts.set_number("size", size)
+    if a.out_baseimg is not None:
+        if opts.find_desc("backing_file") is None:
+            raise ImgError(f"Backing file not supported for file format '{fmt}'")
+        opts.set("backing_file", a.out_baseimg)
+    if a.backing_fmt is not None:
+        if opts.find_desc("backing_fmt") is None:
+            raise ImgError(f"Backing file format not supported for file format '{fmt}'")
+        opts.set("backing_fmt", a.backing_fmt)
+    return opts
 
 
-def _create(a: Args, size: int) -> None:
-    raise ImgError("image creation is not available yet")
+def _check_create(a: Args, opts: CreateOptions) -> None:
+    """The checks between building the options and creating the target."""
+    if opts.text("backing_file") is not None and opts.text("backing_fmt") is None:
+        raise ImgError("Use of backing file requires explicit backing format")
+    if a.compress:
+        if a.out_fmt != "qcow2":
+            raise ImgError("Compression not supported for this file format")
+        if opts.flag("encryption") or opts.text("encrypt.format") is not None:
+            raise ImgError("Compression and encryption not supported at the same time")
+        prealloc = opts.text("preallocation")
+        if prealloc is not None and prealloc != "off":
+            raise ImgError("Compression and preallocation not supported at the same time")
+
+
+def _create(a: Args, opts: CreateOptions, size: int) -> None:
+    """bdrv_create: silent; its errors name the target and format."""
+    from qio.img.create import _create_qcow2, _create_raw
+
+    fmt = a.out_fmt or "raw"
+    try:
+        if fmt == "raw":
+            _create_raw(a.target, opts, size)
+        else:
+            _create_qcow2(a.target, opts, size)
+    except OpenError as exc:
+        raise ImgError(f"{a.target}: error while converting {fmt}: {exc.message}") from None

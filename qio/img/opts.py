@@ -1,11 +1,13 @@
-"""qemu-img's per-subcommand option parsing (getopt_long with a leading ':').
+"""Option parsing for the subcommands that may be asked for help mid-line.
 
-qemu-img 7.2 asks glibc for silent errors and reports them itself: ``missing argument for
-option '-f'`` and ``unrecognized option '-Z'``, both followed by the --help hint (exit 1).
-``-h``/``--help`` print the help text and exit 0.
+Same as :func:`qio.img.common.parse_command_line` (qemu-img's ``:`` error handling, naming
+``argv[optind - 1]``), except that ``-h``/``--help`` prints the help text and exits 0 as soon
+as getopt reaches it, as qemu-img's ``case 'h': help();`` does.
 """
 
 from __future__ import annotations
+
+import sys
 
 from qio.getopt import Getopt, GetoptError, LongOption
 from qio.img.common import usage_error
@@ -13,48 +15,21 @@ from qio.img.common import usage_error
 HELP = LongOption("help", False, "h")
 
 
-def _offending_word(args: list[str], message: str) -> str:
-    """The argv word qemu-img names (argv[optind - 1]) for a getopt error."""
-    if message.startswith("unrecognized option '"):
-        return message[len("unrecognized option '") : -1]
-    for prefix in ("option '--",):
-        if message.startswith(prefix):
-            name = message[len(prefix) :].split("'", 1)[0]
-            for word in args:
-                if word.startswith(f"--{name}"):
-                    return word
-            return f"--{name}"
-    char = message.rsplit("'", 2)[-2] if "'" in message else ""
-    for word in reversed(args[1:]):
-        if word.startswith("-") and not word.startswith("--") and char in word[1:]:
-            return word
-    return f"-{char}"
-
-
 def parse(
     args: list[str], shortopts: str, longopts: tuple[LongOption, ...] = ()
 ) -> tuple[list[tuple[str, str | None]], list[str]]:
-    """All (option, argument) pairs in order, and the operands.
-
-    Raises the ImgError qemu-img exits with on a bad option.
-    """
+    """All (option, argument) pairs in order, and the operands."""
     g = Getopt(args, shortopts, (*longopts, HELP))
     options: list[tuple[str, str | None]] = []
     for item in g:
         if isinstance(item, GetoptError):
-            word = _offending_word(args, item.message)
             if "requires an argument" in item.message:
-                raise usage_error(f"missing argument for option '{word}'")
-            if "ambiguous" in item.message or "doesn't allow" in item.message:
-                raise usage_error(f"unrecognized option '{word}'")
-            raise usage_error(f"unrecognized option '{word}'")
+                raise usage_error(f"missing argument for option '{item.arg}'")
+            raise usage_error(f"unrecognized option '{item.arg}'")
         if item[0] == "h":
-            # qemu-img's help(): the help text, exit 0
-            import sys
+            from qio.img.main import help_text
 
-            from qio.img.main import _help
-
-            sys.stdout.write(_help())
+            sys.stdout.write(help_text())
             raise SystemExit(0)
         options.append(item)
     return options, g.operands

@@ -362,8 +362,8 @@ def _parse_snapshot_opts(text: str) -> dict[str, str]:
         error(str(exc))
         raise ImgError(f"Failed in parsing snapshot param '{text}'") from None
     result: dict[str, str] = {}
-    for key in list(parsed.keys()):
-        value = str(parsed.pop(key))
+    for key, raw in parsed.items():
+        value = str(raw)
         if key not in ("snapshot.id", "snapshot.name"):
             error(f"Invalid parameter '{key}'")
             raise ImgError(f"Failed in parsing snapshot param '{text}'")

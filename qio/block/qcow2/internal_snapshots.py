@@ -155,6 +155,13 @@ async def update_snapshot_refcount(
         await node.write_sync(l1_offset, struct.pack(f">{l1_size}Q", *l1[:l1_size]))
 
 
+async def _free(node: Qcow2Node, offset: int, length: int) -> None:
+    """qcow2_free_clusters outside a refcount walk: QEMU passes the discard down at once
+    (pass-discard-snapshot), so the freed clusters read back as zeros in the file."""
+    await node.refcounts.free_clusters(offset, length, DISCARD_SNAPSHOT)
+    await node.refcounts.process_discards()
+
+
 async def write_snapshots(node: Qcow2Node, snapshots: list[Snapshot]) -> None:
     """qcow2_write_snapshots: the table goes to new clusters, then the header is switched
     and the old table freed."""
@@ -177,7 +184,7 @@ async def write_snapshots(node: Qcow2Node, snapshots: list[Snapshot]) -> None:
     node.snapshot_l1s = [(sn.l1_table_offset, sn.l1_size) for sn in snapshots]
     node.metadata_changed()
     if old_offset and old_size:
-        await node.refcounts.free_clusters(old_offset, old_size, DISCARD_SNAPSHOT)
+        await _free(node, old_offset, old_size)
 
 
 async def create(node: Qcow2Node, sn: Snapshot) -> None:
@@ -256,7 +263,7 @@ async def delete(node: Qcow2Node, id_str: str, name: str) -> None:
         raise SnapshotError(
             exc.errno, f"Failed to free the cluster and L1 table: {exc.strerror}"
         ) from None
-    await node.refcounts.free_clusters(sn.l1_table_offset, sn.l1_size * 8, DISCARD_SNAPSHOT)
+    await _free(node, sn.l1_table_offset, sn.l1_size * 8)
     try:
         await update_snapshot_refcount(node, node.map.l1_offset, node.map.l1_size, 0)
     except BlockError as exc:

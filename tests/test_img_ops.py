@@ -111,6 +111,27 @@ def sides(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     yield q, p
 
 
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Input images built once per module (qemu-io is slow to start), copied per test."""
+    built: dict[str, Path] = {}
+    for name, setup in (
+        ("resize", _resize_setup),
+        ("rebase", _rebase_setup),
+        ("convert", _convert_setup),
+    ):
+        d = tmp_path_factory.mktemp(name)
+        setup(d)
+        built[name] = d
+    return built
+
+
+def fill(template: Path, *dirs: Path) -> None:
+    for d in dirs:
+        for f in template.iterdir():
+            shutil.copy2(f, d / f.name)
+
+
 def both(q: Path, p: Path, *args: str) -> tuple[int, str, str]:
     """Run the command with both tools; their outputs must be identical."""
     expected = qemu(q, *args)
@@ -326,13 +347,16 @@ RESIZE_CASES = [
 ]
 
 
+def _resize_setup(d: Path) -> None:
+    sh(d, QEMU_IMG, "create", "-f", "qcow2", "r.qcow2", "1M")
+    io_write(d, "r.qcow2", "write -P 1 0 1M")
+    sized(d / "r.raw", 1 << 20)
+
+
 @pytest.mark.parametrize("args", RESIZE_CASES)
-def test_resize(sides: tuple[Path, Path], args: str) -> None:
+def test_resize(templates: dict[str, Path], sides: tuple[Path, Path], args: str) -> None:
     q, p = sides
-    sh(q, QEMU_IMG, "create", "-f", "qcow2", "r.qcow2", "1M")
-    io_write(q, "r.qcow2", "write -P 1 0 1M")
-    sized(q / "r.raw", 1 << 20)
-    clone(q, p)
+    fill(templates["resize"], q, p)
     both(q, p, "resize", *args.split())
     assert info(p, "r.qcow2") == info(q, "r.qcow2")
     assert (p / "r.raw").stat().st_size == (q / "r.raw").stat().st_size
@@ -381,10 +405,9 @@ REBASE_CASES: list[list[str]] = [
 
 
 @pytest.mark.parametrize("argv", REBASE_CASES, ids=lambda a: " ".join(a)[:60])
-def test_rebase(sides: tuple[Path, Path], argv: list[str]) -> None:
+def test_rebase(templates: dict[str, Path], sides: tuple[Path, Path], argv: list[str]) -> None:
     q, p = sides
-    _rebase_setup(q)
-    clone(q, p)
+    fill(templates["rebase"], q, p)
     both(q, p, "rebase", *argv)
     for image in ("ov.qcow2", "top.qcow2", "v2.qcow2", "raw.img"):
         assert (p / image).read_bytes() == (q / image).read_bytes(), image
@@ -392,9 +415,9 @@ def test_rebase(sides: tuple[Path, Path], argv: list[str]) -> None:
             check_clean(p, image)
 
 
-def test_rebase_keeps_content(sides: tuple[Path, Path]) -> None:
-    q, p = sides
-    _rebase_setup(p)
+def test_rebase_keeps_content(templates: dict[str, Path], sides: tuple[Path, Path]) -> None:
+    _, p = sides
+    fill(templates["rebase"], p)
     shutil.copy(p / "top.qcow2", p / "top0.qcow2")
     shutil.copy(p / "ov.qcow2", p / "ov0.qcow2")
     assert qio(p, "rebase", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2")[0] == 0
@@ -467,10 +490,9 @@ CONVERT_CASES = [
 
 
 @pytest.mark.parametrize("args", CONVERT_CASES)
-def test_convert(sides: tuple[Path, Path], args: str) -> None:
+def test_convert(templates: dict[str, Path], sides: tuple[Path, Path], args: str) -> None:
     q, p = sides
-    _convert_setup(q)
-    clone(q, p)
+    fill(templates["convert"], q, p)
     argv = args.split()
     both(q, p, "convert", *argv)
     for name in ("t.raw", "t.qcow2"):
@@ -486,9 +508,11 @@ def test_convert(sides: tuple[Path, Path], args: str) -> None:
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 @pytest.mark.parametrize("extra", ["", "-c", "-S 0", "-p"])
-def test_convert_existing_target(sides: tuple[Path, Path], fmt: str, extra: str) -> None:
+def test_convert_existing_target(
+    templates: dict[str, Path], sides: tuple[Path, Path], fmt: str, extra: str
+) -> None:
     q, p = sides
-    _convert_setup(q)
+    fill(templates["convert"], q)
     sh(q, QEMU_IMG, "create", "-f", fmt, f"t.{fmt}", "8M")
     io_write(q, f"t.{fmt}", "write -P 8 0 8M", fmt=fmt)
     clone(q, p)

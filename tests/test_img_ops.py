@@ -486,6 +486,11 @@ CONVERT_CASES = [
     "-n -o cluster_size=4k src.qcow2 t.raw",
     "-O raw",
     "-Z",
+    "--salvage -O raw --image-opts driver=raw,file.driver=blkdebug,file.image.filename=small.raw,"
+    "file.inject-error.0.event=read_aio,file.inject-error.0.sector=200,file.inject-error.0.once=off"
+    " t.raw",
+    "-O raw --image-opts driver=raw,file.driver=blkdebug,file.image.filename=small.raw,"
+    "file.inject-error.0.event=read_aio,file.inject-error.0.sector=200 t.raw",
 ]
 
 

@@ -110,16 +110,26 @@ class Convert:
             offset = (sector_num - src_offset) * SECTOR
             base = src.node.backing if self.target_has_backing else None
             n = min(n, src.sectors - (sector_num - src_offset))
-            try:
-                flags, count = await status_above(src.node, offset, n * SECTOR, base)
-            except BlockError as exc:
-                if not self.salvage:
-                    error(
-                        f"error while reading block status of sector {sector_num - src_offset}:"
-                        f" {exc.strerror}"
-                    )
-                    raise Failed(exc.errno) from None
-                flags, count = DATA, SECTOR
+            while True:
+                try:
+                    flags, count = await status_above(src.node, offset, n * SECTOR, base)
+                    break
+                except BlockError as exc:
+                    if not self.salvage:
+                        error(
+                            "error while reading block status of sector "
+                            f"{sector_num - src_offset}: {exc.strerror}"
+                        )
+                        raise Failed(exc.errno) from None
+                    if n == 1:
+                        if not self.quiet:
+                            error(
+                                "warning: error while reading block status at offset "
+                                f"{offset}: {exc.strerror}"
+                            )
+                        flags, count = DATA, SECTOR  # just try to read the data, then
+                        break
+                    n = -(-n // 4)  # retry on a shorter range
             n = -(-count // SECTOR)
             tail = (sector_num - src_offset + n) % src.alignment
             if n > tail:
@@ -144,36 +154,33 @@ class Convert:
         return n
 
     async def read(self, sector_num: int, nb_sectors: int, buf: memoryview) -> None:
-        """convert_co_read: possibly across the boundary between two sources."""
+        """convert_co_read: possibly across the boundary between two sources; with
+        ``--salvage`` a failed read is retried sector by sector and unreadable sectors
+        become zeros."""
         pos = 0
+        single_read_until = 0
         while nb_sectors > 0:
             index, src_offset = self.select_part(sector_num)
             src = self.sources[index]
             offset = (sector_num - src_offset) * SECTOR
             n = min(nb_sectors, src.sectors - (sector_num - src_offset))
+            if single_read_until > offset:
+                n = 1
             part = buf[pos : pos + n * SECTOR]
             try:
                 await src.node.preadv(offset, part)
-            except BlockError:
+            except BlockError as exc:
                 if not self.salvage:
                     raise
-                await self._salvage_read(src, offset, part)
+                if n != 1:
+                    single_read_until = offset + n * SECTOR
+                    continue
+                if not self.quiet:
+                    error(f"warning: error while reading offset {offset}: {exc.strerror}")
+                part[:] = bytes(len(part))
             sector_num += n
             nb_sectors -= n
             pos += n * SECTOR
-
-    async def _salvage_read(self, src: Source, offset: int, part: memoryview) -> None:
-        """--salvage: read sector by sector; unreadable sectors become zeros."""
-        for pos in range(0, len(part), SECTOR):
-            sector = part[pos : pos + SECTOR]
-            try:
-                await src.node.preadv(offset + pos, sector)
-            except BlockError as exc:
-                if not self.quiet:
-                    error(
-                        f"error while reading offset {offset + pos}: {exc.strerror}"
-                    )
-                sector[:] = bytes(len(sector))
 
     async def write(self, sector_num: int, nb_sectors: int, buf: memoryview, status: int) -> None:
         """convert_co_write."""

@@ -486,6 +486,11 @@ CONVERT_CASES = [
     "-n -o cluster_size=4k src.qcow2 t.raw",
     "-O raw",
     "-Z",
+    "-n --target-is-zero -B src.qcow2 -O qcow2 src.qcow2 ov.qcow2",
+    "-n --target-image-opts src.qcow2 driver=qcow2,file.filename=ov.qcow2",
+    "-n --target-image-opts -O qcow2 src.qcow2 driver=qcow2,file.filename=ov.qcow2",
+    "--target-is-zero -O qcow2 src.qcow2 t.qcow2",
+    "-C -c -O qcow2 src.qcow2 t.qcow2",
     "--salvage -O raw --image-opts driver=raw,file.driver=blkdebug,file.image.filename=small.raw,"
     "file.inject-error.0.event=read_aio,file.inject-error.0.sector=200,file.inject-error.0.once=off"
     " t.raw",
@@ -500,6 +505,7 @@ def test_convert(templates: dict[str, Path], sides: tuple[Path, Path], args: str
     fill(templates["convert"], q, p)
     argv = args.split()
     both(q, p, "convert", *argv)
+    assert (p / "ov.qcow2").read_bytes() == (q / "ov.qcow2").read_bytes()
     for name in ("t.raw", "t.qcow2"):
         if not (q / name).exists():
             assert not (p / name).exists()

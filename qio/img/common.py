@@ -81,6 +81,8 @@ def open_image(spec: OpenSpec) -> OpenedImage:
 
     The message is qemu-img's ``Could not open 'NAME': REASON``.
     """
+    if spec.image_opts and spec.fmt is not None:
+        raise ImgError("--image-opts and --format are mutually exclusive")
     from qio.block.coroutine import scheduler
     from qio.block.open import CACHE_MODES, Notice, OpenContext, open_node
     from qio.block.options import Options, parse_option_string

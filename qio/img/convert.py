@@ -568,6 +568,10 @@ def _convert(a: Args, progress: Progress, opened: list[OpenedImage]) -> int:
         create_opts = _prepare_create(a, total * SECTOR)
         out_baseimg = create_opts.text("backing_file")
     target_has_backing = out_baseimg is not None
+    if a.target_is_zero and target_has_backing:
+        # qemu-img 7.2 reports this but leaves with ret still 0: exit status 0, nothing copied
+        error("Cannot use --target-is-zero when the destination image has a backing file")
+        return 0
     if len(sources) > 1 and out_baseimg is not None:
         raise ImgError(
             "Having a backing file for the target makes no sense when concatenating multiple "

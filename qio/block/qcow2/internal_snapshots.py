@@ -155,6 +155,13 @@ async def update_snapshot_refcount(
         await node.write_sync(l1_offset, struct.pack(f">{l1_size}Q", *l1[:l1_size]))
 
 
+async def _check_write(node: Qcow2Node, offset: int, size: int, kind: str | None) -> None:
+    """qcow2_pre_write_overlap_check; an empty write (the L1 table of a 0-byte image)
+    overlaps nothing."""
+    if size:
+        await node.check_metadata_write(offset, size, kind)
+
+
 async def _free(node: Qcow2Node, offset: int, length: int) -> None:
     """qcow2_free_clusters outside a refcount walk: QEMU passes the discard down at once
     (pass-discard-snapshot), so the freed clusters read back as zeros in the file."""
@@ -173,7 +180,7 @@ async def write_snapshots(node: Qcow2Node, snapshots: list[Snapshot]) -> None:
     await node.flush_caches()
     await node.image_file.flush()
     if snapshots:
-        await node.check_metadata_write(new_offset, size, None)
+        await _check_write(node, new_offset, size, None)
         await node.image_file.pwritev(new_offset, memoryview(serialize_table(snapshots)))
     await node.image_file.flush()
     await node.write_sync(60, struct.pack(">IQ", len(snapshots), new_offset))
@@ -201,7 +208,7 @@ async def create(node: Qcow2Node, sn: Snapshot) -> None:
     l1_offset = await node.refcounts.alloc_clusters(l1_size * 8)
     sn.l1_table_offset = l1_offset
     sn.l1_size = l1_size
-    await node.check_metadata_write(l1_offset, l1_size * 8, None)
+    await _check_write(node, l1_offset, l1_size * 8, None)
     await node.image_file.pwritev(
         l1_offset, memoryview(struct.pack(f">{l1_size}Q", *cmap.l1_table))
     )
@@ -231,7 +238,7 @@ async def goto(node: Qcow2Node, id_or_name: str) -> None:
     sn_l1 = await _read_l1(node, sn.l1_table_offset, sn.l1_size)
     sn_l1 += [0] * (cur_size - len(sn_l1))
     await update_snapshot_refcount(node, sn.l1_table_offset, sn.l1_size, 1)
-    await node.check_metadata_write(cmap.l1_offset, cur_size * 8, "l1")
+    await _check_write(node, cmap.l1_offset, cur_size * 8, "l1")
     await node.write_sync(cmap.l1_offset, struct.pack(f">{cur_size}Q", *sn_l1))
     try:
         await update_snapshot_refcount(node, cmap.l1_offset, cur_size, -1)

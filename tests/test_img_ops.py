@@ -2,9 +2,8 @@
 
 Every scenario is run twice on identical inputs, once with qemu-img and once with qio-img
 (in this process): stdout, stderr (program name aside) and the exit status must match, and
-the images left behind must agree — the same bytes where qemu-img's output is deterministic
-(snapshot dates aside), otherwise the same ``qemu-img map``, a clean ``qemu-img check`` and
-equal guest content by ``qemu-img compare``.
+the images left behind must be byte-for-byte the same (snapshot dates aside) and clean under
+``qemu-img check``.
 """
 
 from __future__ import annotations
@@ -75,10 +74,6 @@ def check_clean(cwd: Path, image: str) -> str:
     rc, out, err = qemu(cwd, "check", image)
     assert rc == 0, out + err
     return out
-
-
-def img_map(cwd: Path, image: str) -> list[dict[str, object]]:
-    return json.loads(qemu(cwd, "map", "--output=json", image)[1])
 
 
 def info(cwd: Path, image: str) -> dict[str, object]:
@@ -358,7 +353,6 @@ def test_resize(templates: dict[str, Path], sides: tuple[Path, Path], args: str)
     q, p = sides
     fill(templates["resize"], q, p)
     both(q, p, "resize", *args.split())
-    assert info(p, "r.qcow2") == info(q, "r.qcow2")
     assert (p / "r.raw").stat().st_size == (q / "r.raw").stat().st_size
     assert (p / "r.qcow2").read_bytes() == (q / "r.qcow2").read_bytes()
     check_clean(p, "r.qcow2")
@@ -510,11 +504,10 @@ def test_convert(templates: dict[str, Path], sides: tuple[Path, Path], args: str
         if not (q / name).exists():
             assert not (p / name).exists()
             continue
-        assert img_map(p, name) == img_map(q, name)
-        assert qemu(p, "compare", "-U", name, str(q / name))[0] == 0
+        # in-order writes make qemu-img's output deterministic: the files must be equal
+        assert (p / name).read_bytes() == (q / name).read_bytes(), name
         if name.endswith(".qcow2"):
-            assert check_clean(p, name) == check_clean(q, name)
-            assert info(p, name) == info(q, name)
+            check_clean(p, name)
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
@@ -531,8 +524,7 @@ def test_convert_existing_target(
     if extra == "-c" and fmt == "raw":
         argv = ["-n", "-O", fmt, "ov.qcow2", f"t.{fmt}"]
     both(q, p, "convert", *argv)
-    assert img_map(p, f"t.{fmt}") == img_map(q, f"t.{fmt}")
-    assert qemu(p, "compare", "-U", f"t.{fmt}", str(q / f"t.{fmt}"))[0] == 0
+    assert (p / f"t.{fmt}").read_bytes() == (q / f"t.{fmt}").read_bytes()
 
 
 def test_snapshot_edge_images(sides: tuple[Path, Path]) -> None:

@@ -69,3 +69,36 @@ def _sectors_in(
         if sa != sb:
             yield sector, offset + pos + _first_in(sa, sb), offset + pos + _last_in(sa, sb)
         pos = stop
+
+
+def sector_runs(a: bytes | bytearray, b: bytes | bytearray) -> list[tuple[int, int, bool]]:
+    """qemu-img's compare_buffers, repeated to the end of the buffers: the maximal runs of
+    512-byte sectors (from the buffer start) that all differ, or all match, as
+    (start, length, differ).
+
+    Equal buffers and equal 64 KiB blocks are recognised by whole comparisons (memcmp);
+    only blocks that differ are looked at sector by sector.
+    """
+    n = len(a)
+    if a == b:
+        return [(0, n, False)] if n else []
+    runs: list[tuple[int, int, bool]] = []
+
+    def add(start: int, end: int, differ: bool) -> None:
+        if runs and runs[-1][2] == differ and runs[-1][0] + runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end - runs[-1][0], differ)
+        else:
+            runs.append((start, end - start, differ))
+
+    pos = 0
+    while pos < n:
+        end = min(n, pos + BLOCK)
+        if a[pos:end] == b[pos:end]:
+            add(pos, end, False)
+            pos = end
+            continue
+        while pos < end:
+            stop = min(end, pos + SECTOR)
+            add(pos, stop, a[pos:stop] != b[pos:stop])
+            pos = stop
+    return runs

@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from qio.block.compare import sector_runs
 from qio.block.coroutine import scheduler
 from qio.block.node import BlockNode
 from qio.errors import BlockError
@@ -28,7 +29,6 @@ from qio.img.progress import Progress
 from qio.img.status import ALLOCATED, ZERO, status_above
 
 IO_BUF_SIZE = 2 << 20
-SECTOR = 512
 LONGOPTS = (
     LongOption("object", True, "object"),
     LongOption("image-opts", False, "image-opts"),
@@ -84,36 +84,11 @@ def _say(quiet: bool, text: str) -> None:
         sys.stdout.write(text)
 
 
-def _sector_runs(a: bytes | bytearray, b: bytes | bytearray | None) -> list[tuple[int, int]]:
+def _sector_runs(a: bytearray, b: bytearray | None) -> list[tuple[int, int]]:
     """(start, length) of the runs of 512-byte sectors where ``a`` differs from ``b``
     (from zeros when ``b`` is None), relative to the buffer start."""
-    runs: list[tuple[int, int]] = []
-    n = len(a)
-    if b is not None and a == b:
-        return runs
-    zero = bytes(SECTOR)
-    view_a = memoryview(a)
-    view_b = memoryview(b) if b is not None else None
-    block = 64 << 10
-    pos = 0
-    while pos < n:
-        end = min(n, pos + block)
-        other = view_b[pos:end] if view_b is not None else zero * ((end - pos) // SECTOR + 1)
-        if view_a[pos:end] == other[: end - pos]:
-            pos = end
-            continue
-        i = pos
-        while i < end:
-            stop = min(end, i + SECTOR)
-            ref = view_b[i:stop] if view_b is not None else zero[: stop - i]
-            if view_a[i:stop] != ref:
-                if runs and runs[-1][0] + runs[-1][1] == i:
-                    runs[-1] = (runs[-1][0], runs[-1][1] + stop - i)
-                else:
-                    runs.append((i, stop - i))
-            i = stop
-        pos = end
-    return runs
+    other = b if b is not None else bytes(len(a))
+    return [(start, length) for start, length, differ in sector_runs(a, other) if differ]
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 
+from qio.block.compare import sector_runs
 from qio.block.coroutine import scheduler
 from qio.block.node import BlockNode
 from qio.errors import BlockError, OpenError
@@ -23,7 +24,6 @@ from qio.img.progress import Progress
 from qio.img.status import allocated_above
 
 IO_BUF_SIZE = 2 << 20
-SECTOR = 512
 LONGOPTS = (
     LongOption("object", True, "object"),
     LongOption("image-opts", False, "image-opts"),
@@ -36,31 +36,6 @@ def _known_format(name: str) -> bool:
 
     # bdrv_find_format knows QEMU's drivers, including those qio cannot open
     return name in registry.driver_names() or name in registry.UNSUPPORTED_FORMATS
-
-
-def _same_sector_runs(a: bytes | bytearray, b: bytes | bytearray) -> list[tuple[int, int, bool]]:
-    """compare_buffers applied until the buffer ends: (start, length, differ) runs of
-    512-byte sectors with the same comparison result."""
-    runs: list[tuple[int, int, bool]] = []
-    n = len(a)
-    pos = 0
-    view_a, view_b = memoryview(a), memoryview(b)
-    while pos < n:
-        step = min(SECTOR, n - pos)
-        differ = view_a[pos : pos + step] != view_b[pos : pos + step]
-        start = pos
-        pos += step
-        while pos < n:
-            step = min(SECTOR, n - pos)
-            # fast path: a whole equal tail
-            if not differ and view_a[pos:] == view_b[pos:]:
-                pos = n
-                break
-            if (view_a[pos : pos + step] != view_b[pos : pos + step]) != differ:
-                break
-            pos += step
-        runs.append((start, pos - start, differ))
-    return runs
 
 
 def _chain_node_for(root: BlockNode, path: str) -> BlockNode | None:
@@ -244,7 +219,7 @@ async def _copy_differences(
                 return 1
         if len(buf_old) > n:
             del buf_old[n:]
-        for start, length, differ in _same_sector_runs(buf_old, buf_new):
+        for start, length, differ in sector_runs(buf_old, buf_new):
             if not differ:
                 continue
             try:

@@ -548,3 +548,15 @@ def test_snapshot_edge_images(sides: tuple[Path, Path]) -> None:
         both(q, p, "snapshot", *step, image)
         assert masked_bytes(p / image) == masked_bytes(q / image), (image, step)
         assert qemu(p, "check", image)[:2] == qemu(q, "check", image)[:2]
+
+
+def test_snapshot_apply_refused_with_bitmaps(sides: tuple[Path, Path]) -> None:
+    q, p = sides
+    sh(q, QEMU_IMG, "create", "-f", "qcow2", "bm.qcow2", "1M")
+    sh(q, QEMU_IMG, "bitmap", "--add", "bm.qcow2", "b0")
+    sh(q, QEMU_IMG, "snapshot", "-c", "s", "bm.qcow2")
+    sized(q / "r.raw", 1 << 20)
+    clone(q, p)
+    both(q, p, "snapshot", "-a", "s", "bm.qcow2")
+    check_clean(p, "bm.qcow2")
+    both(q, p, "convert", "-l", "s", "-O", "raw", "r.raw", "t.raw")

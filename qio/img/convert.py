@@ -649,6 +649,7 @@ def _convert(a: Args, progress: Progress, opened: list[OpenedImage]) -> int:
 def _load_snapshot(a: Args, sources: list[Source]) -> None:
     """-l: read the first source as of an internal snapshot (bdrv_snapshot_load_tmp)."""
     from qio.block.qcow2 import internal_snapshots as ops
+    from qio.block.qcow2.driver import Qcow2Node
 
     node = sources[0].node
     if a.snapshot_opts is not None:
@@ -657,16 +658,19 @@ def _load_snapshot(a: Args, sources: list[Source]) -> None:
         if len(sources) > 1:
             raise ImgError("No support for concatenating multiple snapshot")
         candidates = [(a.snapshot_name, None), (None, a.snapshot_name)]
-    if node.format_name != "qcow2":
-        raise ImgError("Failed to load snapshot: Block driver does not support snapshots")
+    if not isinstance(node, Qcow2Node):
+        raise ImgError(
+            f"Failed to load snapshot: Block format '{node.format_name}' used by device '' "
+            "does not support temporarily loading internal snapshots"
+        )
     message = "Can't find snapshot"
     for id_str, name in candidates:
         try:
-            scheduler.run_sync(ops.load_tmp(node, id_str, name))  # type: ignore[arg-type]
+            scheduler.run_sync(ops.load_tmp(node, id_str, name))
             return
         except ops.SnapshotError as exc:
             message = exc.message or os.strerror(exc.errno)
-            if exc.errno != errno.ENOENT:
+            if exc.errno not in (errno.ENOENT, errno.EINVAL):
                 break
     raise ImgError(f"Failed to load snapshot: {message}")
 

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from qio.block.coroutine import scheduler
 from qio.block.node import BlockNode
@@ -21,6 +22,9 @@ from qio.errors import BlockError
 from qio.getopt import LongOption
 from qio.img import opts
 from qio.img.common import ImgError, OpenSpec, error, open_image, usage_error
+
+if TYPE_CHECKING:
+    from qio.block.qcow2.driver import Qcow2Node
 
 LONGOPTS = (
     LongOption("object", True, "object"),
@@ -57,8 +61,11 @@ def dump_line(sn: Snapshot | None) -> str:
     )
 
 
-def _is_qcow2(node: BlockNode) -> bool:
-    return node.format_name == "qcow2"
+def _qcow2(node: BlockNode) -> Qcow2Node | None:
+    """The node when it is a qcow2 image (the only format with internal snapshots)."""
+    from qio.block.qcow2.driver import Qcow2Node
+
+    return node if isinstance(node, Qcow2Node) else None
 
 
 def _reopen_fallback(node: BlockNode) -> None:
@@ -115,9 +122,10 @@ def _act(root: BlockNode, action: str | None, name: str) -> int:
     if action is None:
         return 0
     node = root
+    qcow2 = _qcow2(root)
     if action == "l":
-        if _is_qcow2(node):
-            snapshots = scheduler.run_sync(ops.read_snapshots(node))  # type: ignore[arg-type]
+        if qcow2 is not None:
+            snapshots = scheduler.run_sync(ops.read_snapshots(qcow2))
             if snapshots:
                 out = ["Snapshot list:", dump_line(None)]
                 out += [dump_line(sn) for sn in snapshots]
@@ -134,9 +142,9 @@ def _act(root: BlockNode, action: str | None, name: str) -> int:
             icount=0,
         )
         try:
-            if not _is_qcow2(node):
+            if qcow2 is None:
                 raise ops.SnapshotError(errno.ENOTSUP)
-            scheduler.run_sync(ops.create(node, sn))  # type: ignore[arg-type]
+            scheduler.run_sync(ops.create(qcow2, sn))
         except (ops.SnapshotError, BlockError) as exc:
             code = exc.errno
             error(f"Could not create snapshot '{name}': {-code} ({os.strerror(code)})")
@@ -144,11 +152,15 @@ def _act(root: BlockNode, action: str | None, name: str) -> int:
         return 0
     if action == "a":
         try:
-            if not _is_qcow2(node):
+            if qcow2 is not None and qcow2.bitmaps.bitmaps:
+                # bdrv_snapshot_goto refuses while the node has (persistent) dirty bitmaps
+                error(f"Could not apply snapshot '{name}': Device has active dirty bitmaps")
+                return 1
+            if qcow2 is None:
                 _reopen_fallback(node)
                 error(f"Could not apply snapshot '{name}': Block driver does not support snapshots")
                 return 1
-            scheduler.run_sync(ops.goto(node, name))  # type: ignore[arg-type]
+            scheduler.run_sync(ops.goto(qcow2, name))
         except (ops.SnapshotError, BlockError) as exc:
             error(f"Could not apply snapshot '{name}': Failed to load snapshot: "
                   f"{os.strerror(exc.errno)}")
@@ -156,14 +168,15 @@ def _act(root: BlockNode, action: str | None, name: str) -> int:
         return 0
     # delete: QEMU 7.2's bdrv_snapshot_find looks the name up (not the ID), then the
     # snapshot is deleted by its ID and name
-    snapshots = scheduler.run_sync(ops.read_snapshots(node)) if _is_qcow2(node) else []  # type: ignore[arg-type]
+    snapshots = scheduler.run_sync(ops.read_snapshots(qcow2)) if qcow2 is not None else []
     index = find_by_id_and_name(snapshots, None, name)
     if index < 0:
         error(f"Could not delete snapshot '{name}': snapshot not found")
         return 1
     found = snapshots[index]
     try:
-        scheduler.run_sync(ops.delete(node, found.id_str, found.name))  # type: ignore[arg-type]
+        assert qcow2 is not None
+        scheduler.run_sync(ops.delete(qcow2, found.id_str, found.name))
     except ops.SnapshotError as exc:
         error(f"Could not delete snapshot '{name}': {exc.message or os.strerror(exc.errno)}")
         return 1

@@ -438,9 +438,22 @@ def _create_raw(filename: str, opts: CreateOptions, size: int) -> None:
     from qio.block.drivers.file_create import create_file
 
     prealloc = _file_prealloc(opts)
-    scheduler.run_sync(
-        create_file(filename, size, prealloc, extent_size_hint=_extent_size_hint(opts))
+    _warn(
+        scheduler.run_sync(
+            create_file(
+                filename,
+                size,
+                prealloc,
+                nocow=opts.flag("nocow"),
+                extent_size_hint=_extent_size_hint(opts),
+            )
+        )
     )
+
+
+def _warn(warnings: list[str]) -> None:
+    for text in warnings:
+        error(f"warning: {text}")
 
 
 def _create_qcow2(filename: str, opts: CreateOptions, size: int) -> None:
@@ -472,9 +485,11 @@ def _create_qcow2(filename: str, opts: CreateOptions, size: int) -> None:
         backing_fmt=opts.text("backing_fmt"),
         data_file=opts.text("data_file"),
         data_file_raw=opts.flag("data_file_raw"),
+        nocow=opts.flag("nocow"),
+        extent_size_hint=_extent_size_hint(opts),
     )
     try:
-        scheduler.run_sync(create_qcow2(filename, create, PROGRAM))
+        _warn(scheduler.run_sync(create_qcow2(filename, create, PROGRAM)))
     except CreateError as exc:
         raise OpenError(exc.message, exc.errno) from None
 

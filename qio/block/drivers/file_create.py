@@ -8,7 +8,9 @@ first block file-posix writes to speed up alignment probing later) is the driver
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import struct
 
 from qio.block.node import OpenFlags
 from qio.block.open import OpenContext, open_node
@@ -16,6 +18,15 @@ from qio.block.options import Options
 from qio.errors import OpenError
 
 UINT32_MAX = (1 << 32) - 1
+DEFAULT_EXTENT_SIZE_HINT = 1 << 20
+# linux/fs.h
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+FS_NOCOW_FL = 0x00800000
+FS_IOC_FSGETXATTR = 0x801C581F
+FS_IOC_FSSETXATTR = 0x401C5820
+FS_XFLAG_EXTSIZE = 0x00000800
+_FSXATTR = struct.Struct("=IIIII8x")  # xflags, extsize, nextents, projid, cowextsize
 
 
 def check_extent_size_hint(hint: int | None) -> None:
@@ -28,12 +39,14 @@ async def create_file(
     size: int,
     prealloc: str,
     *,
+    nocow: bool = False,
     extent_size_hint: int | None = None,
     program: str = "qio",
-) -> None:
+) -> list[str]:
     """Create (or empty) ``filename`` and grow it to ``size`` bytes; OpenError on failure.
 
     ``size`` is rounded up to 512 bytes.  A ``file:`` prefix is taken off as in QEMU.
+    Returns the warnings QEMU would print (the caller shows them).
     """
     check_extent_size_hint(extent_size_hint)
     path = filename[len("file:") :] if filename.startswith("file:") else filename
@@ -51,6 +64,30 @@ async def create_file(
         # file-posix calls its truncate helper directly: no generic size checks, so a
         # negative size fails in ftruncate ("Could not resize file: Invalid argument").
         await node.drv_truncate(0, True, "off")
+        warnings = _set_attributes(node.fd, nocow, extent_size_hint)  # type: ignore[attr-defined]
         await node.drv_truncate(-(-size // 512) * 512 if size >= 0 else size, True, prealloc)
     finally:
         await node.close()
+    return warnings
+
+
+def _set_attributes(fd: int, nocow: bool, extent_size_hint: int | None) -> list[str]:
+    """nocow (btrfs) and the extent size hint (XFS), as raw_co_create sets them: failures
+    are not errors, and only an explicitly requested hint is worth a warning."""
+    if nocow:
+        try:
+            buf = bytearray(fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(4)))
+            flags = struct.unpack("=I", buf)[0] | FS_NOCOW_FL
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("=I", flags))
+        except OSError:
+            pass
+    hint = DEFAULT_EXTENT_SIZE_HINT if extent_size_hint is None else extent_size_hint
+    try:
+        attr = list(_FSXATTR.unpack(fcntl.ioctl(fd, FS_IOC_FSGETXATTR, bytes(_FSXATTR.size))))
+        attr[0] |= FS_XFLAG_EXTSIZE
+        attr[1] = hint
+        fcntl.ioctl(fd, FS_IOC_FSSETXATTR, _FSXATTR.pack(*attr))
+    except OSError as exc:
+        if extent_size_hint:
+            return [f"Failed to set extent size hint: {os.strerror(exc.errno or errno.EIO)}"]
+    return []

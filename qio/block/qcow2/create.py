@@ -88,6 +88,9 @@ class Qcow2CreateOptions:
     backing_fmt: str | None = None
     data_file: str | None = None
     data_file_raw: bool = False
+    # Options of the protocol layer, for the image file and the data file.
+    nocow: bool = False
+    extent_size_hint: int | None = None
 
 
 def _visit(opts: Qcow2CreateOptions) -> None:
@@ -220,23 +223,28 @@ async def _delete(node: BlockNode | None, path: str | None) -> None:
             pass
 
 
-async def create_qcow2(filename: str, opts: Qcow2CreateOptions, program: str = "qio") -> None:
+async def create_qcow2(filename: str, opts: Qcow2CreateOptions, program: str = "qio") -> list[str]:
     """qcow2_co_create_opts: make ``filename`` a new qcow2 image described by ``opts``.
 
-    ``opts.size`` is rounded up to 512 bytes as QEMU does silently.
+    ``opts.size`` is rounded up to 512 bytes as QEMU does silently.  Returns the warnings
+    QEMU would print (from the file layer).
     """
     ctx = OpenContext(None, program)  # private: creation leaves no nodes behind
     flags = OpenFlags()
     flags.read_write = True
     flags.no_backing = True
-    await create_file(filename, 0, "off", program=program)
+    # QEMU syncs the file after each metadata update here; the bytes do not depend on it
+    # and fdatasync after every refcount block would make large images slow to create.
+    flags.no_flush = True
+    file_opts = {"nocow": opts.nocow, "extent_size_hint": opts.extent_size_hint}
+    warnings = await create_file(filename, 0, "off", program=program, **file_opts)
     file_node: BlockNode | None = None
     data_node: BlockNode | None = None
     created_data = False
     try:
         file_node = await open_node(ctx, filename, Options(), flags, protocol=True, top=False)
         if opts.data_file is not None:
-            await create_file(opts.data_file, 0, "off", program=program)
+            warnings += await create_file(opts.data_file, 0, "off", program=program, **file_opts)
             created_data = True
             data_node = await open_node(
                 ctx, opts.data_file, Options(), flags, protocol=True, top=False
@@ -253,6 +261,7 @@ async def create_qcow2(filename: str, opts: Qcow2CreateOptions, program: str = "
     for node in (file_node, data_node):
         if node is not None:
             await node.close()
+    return warnings
 
 
 async def _create(
@@ -330,7 +339,7 @@ async def _set_backing(node: BlockNode, backing_file: str, backing_fmt: str | No
     node.backing_format = backing_fmt or ""
 
 
-def create_qcow2_sync(filename: str, opts: Qcow2CreateOptions, program: str = "qio") -> None:
+def create_qcow2_sync(filename: str, opts: Qcow2CreateOptions, program: str = "qio") -> list[str]:
     from qio.block.coroutine import scheduler
 
-    scheduler.run_sync(create_qcow2(filename, opts, program))
+    return scheduler.run_sync(create_qcow2(filename, opts, program))

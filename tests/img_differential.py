@@ -86,6 +86,22 @@ def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     return extents
 
 
+def sparse_copy(src: str, dst: str) -> str:
+    """Copy a file keeping its holes (so "disk size" stays the same and big sparse images
+    cost nothing to copy)."""
+    size = os.stat(src).st_size
+    with open(src, "rb") as fs, open(dst, "wb") as fd:
+        os.ftruncate(fd.fileno(), size)
+        for start, end in _data_extents(fs.fileno(), size):
+            pos = start
+            while pos < end:
+                chunk = os.pread(fs.fileno(), min(end - pos, 1 << 22), pos)
+                os.pwrite(fd.fileno(), chunk, pos)
+                pos += len(chunk)
+    shutil.copymode(src, dst)
+    return dst
+
+
 def same_bytes(a: Path, b: Path) -> bool:
     """Byte equality of two (possibly large, sparse) files, reading only their data extents:
     a range that is a hole in both reads as zeros in both."""
@@ -113,12 +129,12 @@ class ImgPair:
         self.q = tmp_path / "q"
         self.p = tmp_path / "p"
         if isinstance(setup, Path):
-            shutil.copytree(setup, self.q, symlinks=True)
+            shutil.copytree(setup, self.q, symlinks=True, copy_function=sparse_copy)
         else:
             self.q.mkdir()
             if setup is not None:
                 setup(self.q)
-        shutil.copytree(self.q, self.p, symlinks=True)
+        shutil.copytree(self.q, self.p, symlinks=True, copy_function=sparse_copy)
 
     def run(self, args: list[str]) -> tuple[ImgResult, ImgResult]:
         """Run ``args`` on both sides; the results with outputs normalised."""

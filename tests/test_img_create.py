@@ -54,6 +54,11 @@ x.img 10M
 -f qcow2 -o compat=2 old.qcow2 1M
 
 -f foo x 1M
+-f file ff 1M
+-f null-co nn 1M
+-f null-co -o help
+-f file -o help x
+-f file -o preallocation=full,size=1M ff
 -f qcow2 -o cluster_size=1x x.qcow2 1M
 -f qcow2 -o refcount_bits=x x.qcow2 1M
 -f qcow2 -o refcount_bits=3 x.qcow2 1M

@@ -83,7 +83,11 @@ FILE_OPTS: tuple[OptDesc, ...] = (
     OptDesc("preallocation", "str", "Preallocation mode (allowed values: off, falloc, full)"),
     OptDesc("extent_size_hint", "size", "Extent size hint for the image file, 0 to disable"),
 )
-FORMATS: dict[str, tuple[OptDesc, ...]] = {"qcow2": QCOW2_OPTS, "raw": RAW_OPTS}
+FORMATS: dict[str, tuple[OptDesc, ...]] = {
+    "qcow2": QCOW2_OPTS,
+    "raw": RAW_OPTS,
+    "file": FILE_OPTS,  # the protocol itself: what raw creates, without the format layer
+}
 FILE_PREALLOC_MODES = ("off", "metadata", "falloc", "full")  # QAPI PreallocMode
 _TYPE_NAMES = {"str": "str", "size": "size", "bool": "bool (on/off)", "num": "num"}
 
@@ -263,10 +267,26 @@ def has_help_option(text: str) -> bool:
     return any(name in ("help", "?") for name, _ in option_pairs(text))
 
 
+def check_format(fmt: str) -> None:
+    """bdrv_find_format and the create_opts check; OptionError with QEMU's message, or qio's
+    refusal for QEMU formats qio does not implement."""
+    from qio.block import registry
+
+    if fmt in FORMATS:
+        return
+    if fmt in registry.driver_names():
+        raise OptionError(f"Format driver '{fmt}' does not support image creation")
+    if fmt in registry.UNSUPPORTED_FORMATS:
+        raise OptionError(f"Driver '{fmt}' is not supported by qio")
+    raise OptionError(f"Unknown file format '{fmt}'")
+
+
 def option_help(filename: str | None, fmt: str) -> str:
     """print_block_option_help: the sorted option list of the format (and protocol)."""
-    if fmt not in FORMATS:
-        raise ImgError(f"Unknown file format '{fmt}'")
+    try:
+        check_format(fmt)
+    except OptionError as exc:
+        raise ImgError(exc.message) from None
     descs = create_opts_list(fmt, with_protocol=filename is not None)
     lines = sorted(f"  {d.name}=<{_TYPE_NAMES[d.kind]}>" for d in descs)
     helps = {f"  {d.name}=<{_TYPE_NAMES[d.kind]}>": d.help for d in descs}
@@ -333,8 +353,7 @@ def _do_create(
     unsafe: bool,
     quiet: bool,
 ) -> None:
-    if fmt not in FORMATS:
-        raise OptionError(f"Unknown file format '{fmt}'")
+    check_format(fmt)
     opts = CreateOptions(create_opts_list(fmt))
     for name, text in pairs:
         opts.set(name, text)
@@ -373,7 +392,7 @@ def _do_create(
         sys.stdout.write(f"Formatting '{filename}', fmt={fmt} {opts.describe()}\n")
         sys.stdout.flush()
     try:
-        if fmt == "raw":
+        if fmt in ("raw", "file"):
             _create_raw(filename, opts, image_size)
         else:
             _create_qcow2(filename, opts, image_size)

@@ -245,3 +245,21 @@ def test_snapshot_entry_round_trip() -> None:
     old += b"1first"
     parsed = parse_table(bytes(old), 1, 12345)[0]
     assert (parsed.disk_size, parsed.has_icount, parsed.name) == (12345, False, "first")
+
+
+def test_help_lists_the_commands_and_formats(tmp_path: Path) -> None:
+    from tests.img_differential import run_qio_img
+
+    result = run_qio_img(["--help"], tmp_path)
+    assert result.status == 0
+    assert "\n  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] " in (
+        result.out
+    )
+    assert "\n  info [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n" in (
+        result.out
+    )
+    assert "\n  map [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len] " in (
+        result.out
+    )
+    assert "Supported formats: " in result.out and " qcow2 raw" in result.out
+    assert run_qio_img(["info", "-h"], tmp_path).out == result.out

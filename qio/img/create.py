@@ -83,6 +83,16 @@ FILE_OPTS: tuple[OptDesc, ...] = (
     OptDesc("preallocation", "str", "Preallocation mode (allowed values: off, falloc, full)"),
     OptDesc("extent_size_hint", "size", "Extent size hint for the image file, 0 to disable"),
 )
+# bdrv_create_opts_simple: protocols that can only "create" on an existing target
+SIMPLE_OPTS: tuple[OptDesc, ...] = (
+    _SIZE,
+    OptDesc("preallocation", "str", "Preallocation mode (allowed values: off)"),
+)
+PROTOCOL_OPTS: dict[str, tuple[OptDesc, ...]] = {
+    "file": FILE_OPTS,
+    "nbd": SIMPLE_OPTS,
+    "host_device": SIMPLE_OPTS,
+}
 FORMATS: dict[str, tuple[OptDesc, ...]] = {
     "qcow2": QCOW2_OPTS,
     "raw": RAW_OPTS,
@@ -92,13 +102,27 @@ FILE_PREALLOC_MODES = ("off", "metadata", "falloc", "full")  # QAPI PreallocMode
 _TYPE_NAMES = {"str": "str", "size": "size", "bool": "bool (on/off)", "num": "num"}
 
 
-def create_opts_list(fmt: str, with_protocol: bool = True) -> list[OptDesc]:
+def create_opts_list(fmt: str, protocol: str | None = "file") -> list[OptDesc]:
     """qemu_opts_append: the format's options, then the protocol's not already there."""
     descs = list(FORMATS[fmt])
-    if with_protocol:
+    if protocol is not None:
         names = {d.name for d in descs}
-        descs += [d for d in FILE_OPTS if d.name not in names]
+        descs += [d for d in PROTOCOL_OPTS[protocol] if d.name not in names]
     return descs
+
+
+def find_protocol(filename: str) -> str:
+    """bdrv_find_protocol plus the create_opts check: the protocol driver that creates
+    ``filename``; OptionError with QEMU's message when there is none."""
+    from qio.block import registry
+
+    try:
+        protocol = registry.protocol_for(filename)
+    except OpenError as exc:
+        raise OptionError(exc.message) from None
+    if protocol not in PROTOCOL_OPTS:
+        raise OptionError(f"Protocol driver '{protocol}' does not support image creation")
+    return protocol
 
 
 # -- option values -------------------------------------------------------------------------
@@ -287,7 +311,13 @@ def option_help(filename: str | None, fmt: str) -> str:
         check_format(fmt)
     except OptionError as exc:
         raise ImgError(exc.message) from None
-    descs = create_opts_list(fmt, with_protocol=filename is not None)
+    protocol = None
+    if filename is not None:
+        try:
+            protocol = find_protocol(filename)
+        except OptionError as exc:
+            raise ImgError(exc.message) from None
+    descs = create_opts_list(fmt, protocol)
     lines = sorted(f"  {d.name}=<{_TYPE_NAMES[d.kind]}>" for d in descs)
     helps = {f"  {d.name}=<{_TYPE_NAMES[d.kind]}>": d.help for d in descs}
     head = "Supported options:\n" if filename is not None else f"Supported {fmt} options:\n"
@@ -354,7 +384,8 @@ def _do_create(
     quiet: bool,
 ) -> None:
     check_format(fmt)
-    opts = CreateOptions(create_opts_list(fmt))
+    protocol = find_protocol(filename)
+    opts = CreateOptions(create_opts_list(fmt, protocol))
     for name, text in pairs:
         opts.set(name, text)
     if opts.get("size") is None:
@@ -393,7 +424,7 @@ def _do_create(
         sys.stdout.flush()
     try:
         if fmt in ("raw", "file"):
-            _create_raw(filename, opts, image_size)
+            _create_raw(filename, protocol, opts, image_size)
         else:
             _create_qcow2(filename, opts, image_size)
     except OpenError as exc:
@@ -452,15 +483,16 @@ def _extent_size_hint(opts: CreateOptions) -> int | None:
     return int(opt.value) if opt is not None else None
 
 
-def _create_raw(filename: str, opts: CreateOptions, size: int) -> None:
+def _create_raw(filename: str, protocol: str, opts: CreateOptions, size: int) -> None:
     from qio.block.coroutine import scheduler
-    from qio.block.drivers.file_create import create_file
+    from qio.block.drivers.file_create import create_protocol
 
     prealloc = _file_prealloc(opts)
     _warn(
         scheduler.run_sync(
-            create_file(
+            create_protocol(
                 filename,
+                protocol,
                 size,
                 prealloc,
                 nocow=opts.flag("nocow"),

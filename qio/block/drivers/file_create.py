@@ -91,3 +91,78 @@ def _set_attributes(fd: int, nocow: bool, extent_size_hint: int | None) -> list[
         if extent_size_hint:
             return [f"Failed to set extent size hint: {os.strerror(exc.errno or errno.EIO)}"]
     return []
+
+
+# Protocols whose images QEMU 7.2 "creates" with bdrv_co_create_opts_simple: the target must
+# exist already; it is opened, grown if it can be, and its first sector is zeroed.
+SIMPLE_CREATE_PROTOCOLS = ("nbd", "host_device")
+
+
+async def create_protocol(
+    filename: str,
+    protocol: str,
+    size: int,
+    prealloc: str,
+    *,
+    nocow: bool = False,
+    extent_size_hint: int | None = None,
+    program: str = "qio",
+) -> list[str]:
+    """bdrv_co_create_file: the protocol layer's create for ``filename``."""
+    if protocol == "file":
+        return await create_file(
+            filename,
+            size,
+            prealloc,
+            nocow=nocow,
+            extent_size_hint=extent_size_hint,
+            program=program,
+        )
+    return await create_simple(filename, protocol, size, prealloc, program=program)
+
+
+async def create_simple(
+    filename: str, protocol: str, size: int, prealloc: str, *, program: str = "qio"
+) -> list[str]:
+    """bdrv_co_create_opts_simple: open the existing target, make it at least ``size`` bytes
+    long if it can be resized, and zero its first sector."""
+    from qio.block.node import ReqFlags
+    from qio.errors import BlockError
+
+    if prealloc not in ("off", "metadata", "falloc", "full"):
+        raise OpenError(f"invalid parameter value: {prealloc}")
+    if prealloc != "off":
+        raise OpenError(f"Unsupported preallocation mode '{prealloc}'", errno.ENOTSUP)
+    ctx = OpenContext(None, program)
+    flags = OpenFlags()
+    flags.read_write = True
+    try:
+        node = await open_node(ctx, filename, Options({"driver": protocol}), flags)
+    except OpenError as exc:
+        raise OpenError(
+            f"Protocol driver '{protocol}' does not support image creation, and opening the "
+            f"image failed: {exc.message}",
+            errno.EINVAL,
+        ) from None
+    try:
+        failure: OpenError | None = None
+        try:
+            await node.truncate(size, False, "off")
+        except OpenError as exc:
+            if exc.errno != errno.ENOTSUP:
+                raise
+            failure = exc
+        current = node.getlength()
+        if current < size:
+            raise failure or OpenError("Image size cannot be grown", errno.ENOTSUP)
+        clear = min(current, 512)
+        if clear:
+            try:
+                await node.pwrite_zeroes(0, clear, ReqFlags.MAY_UNMAP)
+            except BlockError as exc:
+                raise OpenError(
+                    f"Failed to clear the new image's first sector: {exc.strerror}", exc.errno
+                ) from None
+    finally:
+        await node.close()
+    return []

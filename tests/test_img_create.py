@@ -11,7 +11,7 @@ import pytest
 from qio.img.common import ImgError
 from qio.img.create import create_image, option_pairs
 from tests.differential import QEMU_IMG, tool_env
-from tests.img_differential import ImgPair, run_qemu_img
+from tests.img_differential import ImgPair, normalise, run_qemu_img, run_qio_img
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +224,33 @@ def test_option_pairs_keep_order_and_duplicates() -> None:
         ("lazy", "on"),
         ("cow", "off"),
     ]
+
+
+@pytest.mark.oracle
+def test_create_on_nbd_exports(tmp_path: Path) -> None:
+    """qcow2 and raw "created" on NBD exports (QEMU's fallback: open, grow, zero sector 0)."""
+    from tests.nbd_support import QEMU_NBD, qemu_nbd
+
+    if QEMU_NBD is None:
+        pytest.skip("qemu-nbd is not installed")
+    pair = ImgPair(tmp_path)
+    for d in (pair.q, pair.p):
+        (d / "export.img").write_bytes(b"\xaa" * (8 << 20))
+    with qemu_nbd("export.img", pair.q) as q_server, qemu_nbd("export.img", pair.p) as p_server:
+        for args in (
+            ["create", "-f", "qcow2", "{url}", "4M"],
+            ["create", "-f", "raw", "{url}", "16M"],
+            ["create", "-f", "raw", "-o", "preallocation=full", "{url}", "1M"],
+        ):
+            q = run_qemu_img([a.replace("{url}", q_server.url) for a in args], pair.q)
+            p = run_qio_img([a.replace("{url}", p_server.url) for a in args], pair.p)
+            assert (
+                p.status,
+                p.out.replace(p_server.url, "URL"),
+                normalise(p.err, pair.p).replace(p_server.url, "URL"),
+            ) == (q.status, q.out.replace(q_server.url, "URL"), q.err.replace(q_server.url, "URL"))
+    assert (pair.q / "export.img").read_bytes() == (pair.p / "export.img").read_bytes()
+    unreachable = ["create", "-f", "raw", "nbd://127.0.0.1:1/x", "1M"]
+    q = run_qemu_img(unreachable, pair.q)
+    p = run_qio_img(unreachable, pair.p)
+    assert (p.status, p.out, normalise(p.err, pair.p)) == (q.status, q.out, q.err)

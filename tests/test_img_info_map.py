@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from qio.block.qcow2.snapshots import Snapshot, parse_table, serialize_entry
+from qio.block.qcow2.snapshots import (
+    NO_ICOUNT,
+    Snapshot,
+    parse_table,
+    serialize_entry,
+    serialize_table,
+)
 from qio.block.qjson import to_json_pretty
 from qio.numbers import size_to_str
 from tests.differential import QEMU_IMG, QEMU_IO, tool_env
@@ -33,6 +39,26 @@ def _set_incompatible_bits(path: Path, bits: int) -> None:
         value = struct.unpack(">Q", f.read(8))[0]
         f.seek(72)
         f.write(struct.pack(">Q", value | bits))
+
+
+def _edit_snapshots(src: Path, dst: Path) -> None:
+    """A copy whose snapshots have a VM state size, a VM clock and no icount (what a VM's
+    savevm leaves), rewritten through qio's snapshot table serializer."""
+    from qio.block.qcow2.layout import parse_header
+
+    data = bytearray(src.read_bytes())
+    h = parse_header(bytes(data[:65536]))
+    start = h.snapshots_offset
+    snaps = parse_table(bytes(data[start : start + 4096]), h.nb_snapshots, h.size)
+    old = serialize_table(snaps)
+    assert bytes(data[start : start + len(old)]) == old  # QEMU's bytes, reproduced
+    snaps[0].vm_clock_nsec = (3 * 3600 + 25 * 60 + 7) * 10**9 + 123456789
+    snaps[0].vm_state_size = (5 << 20) + 17
+    snaps[0].icount = 123456789
+    snaps[1].icount = NO_ICOUNT
+    new = serialize_table(snaps)
+    data[start : start + len(new)] = new
+    dst.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +162,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _img(d, "snapshot", "-c", "second one", "snaps.qcow2")
     _img(d, "bitmap", "--add", "snaps.qcow2", "bm0")
     _img(d, "bitmap", "--add", "-g", "128k", "--disable", "snaps.qcow2", "bm1")
+    _edit_snapshots(d / "snaps.qcow2", d / "vmsnaps.qcow2")
     _img(d, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", "dirty.qcow2", "1M")
     _set_incompatible_bits(d / "dirty.qcow2", 1)
     _img(d, "create", "-q", "-f", "qcow2", "corrupt.qcow2", "1M")
@@ -147,7 +174,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 IMAGES = (
     "r.img e.img e.qcow2 m.qcow2 c.qcow2 mt.qcow2 xl.qcow2 pm.qcow2 mdf.qcow2 rdf.qcow2 "
-    "v2.qcow2 z.qcow2 sub/top.qcow2 orphan.qcow2 snaps.qcow2 dirty.qcow2 corrupt.qcow2 rand.img"
+    "v2.qcow2 z.qcow2 sub/top.qcow2 orphan.qcow2 snaps.qcow2 vmsnaps.qcow2 dirty.qcow2 corrupt.qcow2 rand.img"
 ).split()
 
 INFO_CASES = [f"info {image}" for image in IMAGES]
@@ -237,7 +264,7 @@ def test_json_pretty_printer() -> None:
 def test_snapshot_entry_round_trip() -> None:
     snap = Snapshot(0x50000, 1, "1", "first", 1700000000, 5, 7_000_000_123, 0, 1 << 20, 0)
     blob = serialize_entry(snap)
-    assert len(blob) % 8 == 0
+    assert len(blob) == 40 + 24 + 1 + 5
     assert parse_table(blob, 1, 0) == [snap]
     # An old entry with no extra data: the disk size is the image's, no icount.
     old = bytearray(blob[:40])

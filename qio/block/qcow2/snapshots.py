@@ -119,7 +119,8 @@ def parse_table(buf: bytes, count: int, image_size: int) -> list[Snapshot]:
 
 
 def serialize_entry(snap: Snapshot) -> bytes:
-    """One entry as qcow2_write_snapshots writes it, padded to a multiple of 8.
+    """One entry as qcow2_write_snapshots writes it (unpadded: the next entry starts at the
+    next multiple of 8, see serialize_table).
 
     The extra data always carries the three known fields; opaque extra bytes follow them.
     """
@@ -145,11 +146,16 @@ def serialize_entry(snap: Snapshot) -> bytes:
         + id_raw
         + name_raw
     )
-    return blob + bytes(-len(blob) % 8)
+    return blob
 
 
 def serialize_table(snapshots: list[Snapshot]) -> bytes:
-    return b"".join(serialize_entry(s) for s in snapshots)
+    """The whole table; its length is QEMU's snapshots_size (no padding after the last)."""
+    table = bytearray()
+    for snap in snapshots:
+        table += bytes(-len(table) % 8)
+        table += serialize_entry(snap)
+    return bytes(table)
 
 
 async def read_snapshots(node: object) -> list[Snapshot]:

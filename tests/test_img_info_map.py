@@ -197,6 +197,9 @@ INFO_CASES += [
     "info --image-opts driver=raw,file.filename=r.img",
     """info --backing-chain 'json:{"driver":"qcow2","file":{"driver":"file","filename":"sub/top.qcow2"}}'""",
     "info -x r.img",
+    "info --image-opts foo",
+    "info --f raw r.img",
+    "info --back --out=json mt.qcow2",
     "info --format",
 ]
 MAP_CASES = [f"map {image}" for image in IMAGES]

@@ -27,7 +27,7 @@ class LongOption:
 class GetoptError:
     message: str  # glibc's text without the program-name prefix
     # argv[optind - 1] when glibc returns the error (qemu-img names the option with it)
-    arg: str = ""
+    arg: str = field(default="", compare=False)
 
 
 @dataclass

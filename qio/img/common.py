@@ -100,7 +100,12 @@ def open_image(spec: OpenSpec) -> OpenedImage:
     flags.no_backing = spec.no_backing
     flags.direct, flags.no_flush, _ = CACHE_MODES[spec.cache]
     if spec.image_opts:
-        options = parse_option_string(spec.filename)
+        text = spec.filename
+        first = text.split(",", 1)[0]
+        if "=" not in first and text:
+            # qemu-img's "source" option list has "file" as its implied first key
+            text = f"file={text}"
+        options = parse_option_string(text)
         name = None
     else:
         options = Options()

@@ -83,18 +83,46 @@ FILE_OPTS: tuple[OptDesc, ...] = (
     OptDesc("preallocation", "str", "Preallocation mode (allowed values: off, falloc, full)"),
     OptDesc("extent_size_hint", "size", "Extent size hint for the image file, 0 to disable"),
 )
-FORMATS: dict[str, tuple[OptDesc, ...]] = {"qcow2": QCOW2_OPTS, "raw": RAW_OPTS}
+# bdrv_create_opts_simple: protocols that can only "create" on an existing target
+SIMPLE_OPTS: tuple[OptDesc, ...] = (
+    _SIZE,
+    OptDesc("preallocation", "str", "Preallocation mode (allowed values: off)"),
+)
+PROTOCOL_OPTS: dict[str, tuple[OptDesc, ...]] = {
+    "file": FILE_OPTS,
+    "nbd": SIMPLE_OPTS,
+    "host_device": SIMPLE_OPTS,
+}
+FORMATS: dict[str, tuple[OptDesc, ...]] = {
+    "qcow2": QCOW2_OPTS,
+    "raw": RAW_OPTS,
+    "file": FILE_OPTS,  # the protocol itself: what raw creates, without the format layer
+}
 FILE_PREALLOC_MODES = ("off", "metadata", "falloc", "full")  # QAPI PreallocMode
 _TYPE_NAMES = {"str": "str", "size": "size", "bool": "bool (on/off)", "num": "num"}
 
 
-def create_opts_list(fmt: str, with_protocol: bool = True) -> list[OptDesc]:
+def create_opts_list(fmt: str, protocol: str | None = "file") -> list[OptDesc]:
     """qemu_opts_append: the format's options, then the protocol's not already there."""
     descs = list(FORMATS[fmt])
-    if with_protocol:
+    if protocol is not None:
         names = {d.name for d in descs}
-        descs += [d for d in FILE_OPTS if d.name not in names]
+        descs += [d for d in PROTOCOL_OPTS[protocol] if d.name not in names]
     return descs
+
+
+def find_protocol(filename: str) -> str:
+    """bdrv_find_protocol plus the create_opts check: the protocol driver that creates
+    ``filename``; OptionError with QEMU's message when there is none."""
+    from qio.block import registry
+
+    try:
+        protocol = registry.protocol_for(filename)
+    except OpenError as exc:
+        raise OptionError(exc.message) from None
+    if protocol not in PROTOCOL_OPTS:
+        raise OptionError(f"Protocol driver '{protocol}' does not support image creation")
+    return protocol
 
 
 # -- option values -------------------------------------------------------------------------
@@ -263,11 +291,33 @@ def has_help_option(text: str) -> bool:
     return any(name in ("help", "?") for name, _ in option_pairs(text))
 
 
+def check_format(fmt: str) -> None:
+    """bdrv_find_format and the create_opts check; OptionError with QEMU's message, or qio's
+    refusal for QEMU formats qio does not implement."""
+    from qio.block import registry
+
+    if fmt in FORMATS:
+        return
+    if fmt in registry.driver_names():
+        raise OptionError(f"Format driver '{fmt}' does not support image creation")
+    if fmt in registry.UNSUPPORTED_FORMATS:
+        raise OptionError(f"Driver '{fmt}' is not supported by qio")
+    raise OptionError(f"Unknown file format '{fmt}'")
+
+
 def option_help(filename: str | None, fmt: str) -> str:
     """print_block_option_help: the sorted option list of the format (and protocol)."""
-    if fmt not in FORMATS:
-        raise ImgError(f"Unknown file format '{fmt}'")
-    descs = create_opts_list(fmt, with_protocol=filename is not None)
+    try:
+        check_format(fmt)
+    except OptionError as exc:
+        raise ImgError(exc.message) from None
+    protocol = None
+    if filename is not None:
+        try:
+            protocol = find_protocol(filename)
+        except OptionError as exc:
+            raise ImgError(exc.message) from None
+    descs = create_opts_list(fmt, protocol)
     lines = sorted(f"  {d.name}=<{_TYPE_NAMES[d.kind]}>" for d in descs)
     helps = {f"  {d.name}=<{_TYPE_NAMES[d.kind]}>": d.help for d in descs}
     head = "Supported options:\n" if filename is not None else f"Supported {fmt} options:\n"
@@ -333,9 +383,9 @@ def _do_create(
     unsafe: bool,
     quiet: bool,
 ) -> None:
-    if fmt not in FORMATS:
-        raise OptionError(f"Unknown file format '{fmt}'")
-    opts = CreateOptions(create_opts_list(fmt))
+    check_format(fmt)
+    protocol = find_protocol(filename)
+    opts = CreateOptions(create_opts_list(fmt, protocol))
     for name, text in pairs:
         opts.set(name, text)
     if opts.get("size") is None:
@@ -373,8 +423,8 @@ def _do_create(
         sys.stdout.write(f"Formatting '{filename}', fmt={fmt} {opts.describe()}\n")
         sys.stdout.flush()
     try:
-        if fmt == "raw":
-            _create_raw(filename, opts, image_size)
+        if fmt in ("raw", "file"):
+            _create_raw(filename, protocol, opts, image_size)
         else:
             _create_qcow2(filename, opts, image_size)
     except OpenError as exc:
@@ -433,14 +483,28 @@ def _extent_size_hint(opts: CreateOptions) -> int | None:
     return int(opt.value) if opt is not None else None
 
 
-def _create_raw(filename: str, opts: CreateOptions, size: int) -> None:
+def _create_raw(filename: str, protocol: str, opts: CreateOptions, size: int) -> None:
     from qio.block.coroutine import scheduler
-    from qio.block.drivers.file_create import create_file
+    from qio.block.drivers.file_create import create_protocol
 
     prealloc = _file_prealloc(opts)
-    scheduler.run_sync(
-        create_file(filename, size, prealloc, extent_size_hint=_extent_size_hint(opts))
+    _warn(
+        scheduler.run_sync(
+            create_protocol(
+                filename,
+                protocol,
+                size,
+                prealloc,
+                nocow=opts.flag("nocow"),
+                extent_size_hint=_extent_size_hint(opts),
+            )
+        )
     )
+
+
+def _warn(warnings: list[str]) -> None:
+    for text in warnings:
+        error(f"warning: {text}")
 
 
 def _create_qcow2(filename: str, opts: CreateOptions, size: int) -> None:
@@ -472,9 +536,11 @@ def _create_qcow2(filename: str, opts: CreateOptions, size: int) -> None:
         backing_fmt=opts.text("backing_fmt"),
         data_file=opts.text("data_file"),
         data_file_raw=opts.flag("data_file_raw"),
+        nocow=opts.flag("nocow"),
+        extent_size_hint=_extent_size_hint(opts),
     )
     try:
-        scheduler.run_sync(create_qcow2(filename, create, PROGRAM))
+        _warn(scheduler.run_sync(create_qcow2(filename, create, PROGRAM)))
     except CreateError as exc:
         raise OpenError(exc.message, exc.errno) from None
 

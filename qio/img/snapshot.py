@@ -8,7 +8,6 @@ internal snapshots fail as in qemu-img: raw's list is empty, create/apply report
 from __future__ import annotations
 
 import errno
-import math
 import os
 import sys
 import time
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING
 from qio.block.coroutine import scheduler
 from qio.block.node import BlockNode
 from qio.block.qcow2 import internal_snapshots as ops
-from qio.block.qcow2.snapshots import NO_ICOUNT, Snapshot, find_by_id_and_name
+from qio.block.qcow2.snapshots import Snapshot, find_by_id_and_name
 from qio.errors import BlockError
 from qio.getopt import LongOption
 from qio.img import opts
@@ -34,31 +33,27 @@ LONGOPTS = (
 NAME_MAX = 255  # QEMUSnapshotInfo.name is char[256]
 
 
-def size_to_str(value: int) -> str:
-    """QEMU's size_to_str: three significant digits and a binary unit."""
-    suffixes = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
-    _, exponent = math.frexp(value / (1000.0 / 1024.0))
-    i = (exponent - 1) // 10 if exponent > 0 else 0
-    return f"{value / (1 << (i * 10)):0.3g} {suffixes[i]}B"
+def _dump(snapshots: list[Snapshot]) -> str:
+    """dump_snapshots: qemu-img's table (nothing at all when there are no snapshots)."""
+    from qio.img.info import SnapshotInfo, snapshot_dump, snapshot_dump_header
 
-
-def dump_line(sn: Snapshot | None) -> str:
-    """bdrv_snapshot_dump: the header (``sn`` None) or one snapshot's row."""
-    if sn is None:
-        return f"{'ID':<10}{'TAG':<17}{'VM SIZE':>8}{'DATE':>20}{'VM CLOCK':>13}{'ICOUNT':>11}"
-    date = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sn.date_sec))
-    secs = sn.vm_clock_nsec // 1_000_000_000
-    clock = (
-        f"{secs // 3600:02d}:{(secs // 60) % 60:02d}:{secs % 60:02d}."
-        f"{(sn.vm_clock_nsec // 1_000_000) % 1000:03d}"
-    )
-    icount = str(sn.icount if sn.icount < 1 << 63 else sn.icount - (1 << 64))
-    if sn.icount == NO_ICOUNT:
-        icount = ""
-    return (
-        f"{sn.id_str:<9} {sn.name:<16} {size_to_str(sn.vm_state_size):>8}{date:>20}"
-        f"{clock:>13}{icount:>11}"
-    )
+    if not snapshots:
+        return ""
+    rows = [
+        snapshot_dump(
+            SnapshotInfo(
+                sn.id_str,
+                sn.name,
+                sn.vm_state_size,
+                sn.date_sec,
+                sn.date_nsec,
+                sn.vm_clock_nsec,
+                sn.icount if sn.has_icount else None,
+            )
+        )
+        for sn in snapshots
+    ]
+    return "Snapshot list:\n" + snapshot_dump_header() + "\n" + "".join(r + "\n" for r in rows)
 
 
 def _qcow2(node: BlockNode) -> Qcow2Node | None:
@@ -125,18 +120,16 @@ def _act(root: BlockNode, action: str | None, name: str) -> int:
     qcow2 = _qcow2(root)
     if action == "l":
         if qcow2 is not None:
-            snapshots = scheduler.run_sync(ops.read_snapshots(qcow2))
-            if snapshots:
-                out = ["Snapshot list:", dump_line(None)]
-                out += [dump_line(sn) for sn in snapshots]
-                sys.stdout.write("\n".join(out) + "\n")
+            sys.stdout.write(_dump(scheduler.run_sync(ops.read_snapshots(qcow2))))
         return 0
     if action == "c":
         now_ns = time.time_ns()
         usec = now_ns // 1000
         sn = Snapshot(
-            "",
-            _truncate_name(name),
+            l1_table_offset=0,
+            l1_size=0,
+            id_str="",
+            name=_truncate_name(name),
             date_sec=usec // 1_000_000,
             date_nsec=(usec % 1_000_000) * 1000,
             icount=0,

@@ -23,7 +23,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-from qio.block.drivers.file_create import create_file
+from qio.block.drivers.file_create import create_protocol
 from qio.block.node import BlockNode, OpenFlags
 from qio.block.open import OpenContext, open_node
 from qio.block.options import Options
@@ -88,6 +88,9 @@ class Qcow2CreateOptions:
     backing_fmt: str | None = None
     data_file: str | None = None
     data_file_raw: bool = False
+    # Options of the protocol layer, for the image file and the data file.
+    nocow: bool = False
+    extent_size_hint: int | None = None
 
 
 def _visit(opts: Qcow2CreateOptions) -> None:
@@ -207,6 +210,12 @@ def _node_options(**items: str) -> Options:
     return Options(dict(items))
 
 
+def _local_path(filename: str | None) -> str | None:
+    if filename is None:
+        return None
+    return filename[len("file:") :] if filename.startswith("file:") else filename
+
+
 async def _delete(node: BlockNode | None, path: str | None) -> None:
     if node is not None:
         try:
@@ -220,24 +229,40 @@ async def _delete(node: BlockNode | None, path: str | None) -> None:
             pass
 
 
-async def create_qcow2(filename: str, opts: Qcow2CreateOptions, program: str = "qio") -> None:
+async def create_qcow2(filename: str, opts: Qcow2CreateOptions, program: str = "qio") -> list[str]:
     """qcow2_co_create_opts: make ``filename`` a new qcow2 image described by ``opts``.
 
-    ``opts.size`` is rounded up to 512 bytes as QEMU does silently.
+    ``opts.size`` is rounded up to 512 bytes as QEMU does silently.  Returns the warnings
+    QEMU would print (from the file layer).
     """
     ctx = OpenContext(None, program)  # private: creation leaves no nodes behind
     flags = OpenFlags()
     flags.read_write = True
     flags.no_backing = True
-    await create_file(filename, 0, "off", program=program)
+    # QEMU syncs the file after each metadata update here; the bytes do not depend on it
+    # and fdatasync after every refcount block would make large images slow to create.
+    flags.no_flush = True
+    from qio.block import registry
+
+    file_opts = {"nocow": opts.nocow, "extent_size_hint": opts.extent_size_hint}
+    protocol = registry.protocol_for(filename)
+    warnings = await create_protocol(filename, protocol, 0, "off", program=program, **file_opts)
     file_node: BlockNode | None = None
     data_node: BlockNode | None = None
     created_data = False
     try:
         file_node = await open_node(ctx, filename, Options(), flags, protocol=True, top=False)
         if opts.data_file is not None:
-            await create_file(opts.data_file, 0, "off", program=program)
-            created_data = True
+            data_protocol = registry.protocol_for(opts.data_file)
+            warnings += await create_protocol(
+                opts.data_file,
+                data_protocol,
+                0,
+                "off",
+                program=program,
+                **file_opts,
+            )
+            created_data = data_protocol == "file"  # only files are deleted on failure
             data_node = await open_node(
                 ctx, opts.data_file, Options(), flags, protocol=True, top=False
             )
@@ -245,14 +270,16 @@ async def create_qcow2(filename: str, opts: Qcow2CreateOptions, program: str = "
         opts.size = -(-opts.size // 512) * 512
         await _create(ctx, file_node, data_node, opts)
     except BaseException as exc:
-        await _delete(file_node, filename)
-        await _delete(data_node, opts.data_file if created_data else None)
+        # bdrv_co_delete_file_noerr: only the file protocol deletes anything
+        await _delete(file_node, _local_path(filename) if protocol == "file" else None)
+        await _delete(data_node, _local_path(opts.data_file) if created_data else None)
         if isinstance(exc, OpenError):
             raise CreateError(exc.message, exc.errno) from None
         raise
     for node in (file_node, data_node):
         if node is not None:
             await node.close()
+    return warnings
 
 
 async def _create(
@@ -330,7 +357,7 @@ async def _set_backing(node: BlockNode, backing_file: str, backing_fmt: str | No
     node.backing_format = backing_fmt or ""
 
 
-def create_qcow2_sync(filename: str, opts: Qcow2CreateOptions, program: str = "qio") -> None:
+def create_qcow2_sync(filename: str, opts: Qcow2CreateOptions, program: str = "qio") -> list[str]:
     from qio.block.coroutine import scheduler
 
-    scheduler.run_sync(create_qcow2(filename, opts, program))
+    return scheduler.run_sync(create_qcow2(filename, opts, program))

@@ -19,20 +19,20 @@ from qio.block.qcow2.layout import (
     L2E_OFFSET_MASK,
     MAX_L1_BYTES,
     OFLAG_COPIED,
-    LayoutError,
 )
 from qio.block.qcow2.refcount import DISCARD_SNAPSHOT
 from qio.block.qcow2.snapshots import (
     MAX_SNAPSHOTS,
     MAX_TABLE_BYTES,
     Snapshot,
+    SnapshotTableError,
     find_by_id_and_name,
     find_by_id_or_name,
     new_snapshot_id,
-    parse_table,
     serialize_table,
     table_size,
 )
+from qio.block.qcow2.snapshots import read_snapshots as _read_table
 from qio.errors import BlockError
 from qio.numbers import hexc
 
@@ -50,17 +50,10 @@ class SnapshotError(Exception):
 
 
 async def read_snapshots(node: Qcow2Node) -> list[Snapshot]:
-    h = node.header
-    if not h.nb_snapshots:
-        return []
-    size = node.snapshot_table_bytes
-    buf = bytearray(size)
-    await node.image_file.preadv(h.snapshots_offset, memoryview(buf))
     try:
-        snapshots, _ = parse_table(bytes(buf), h.nb_snapshots, h.size)
-    except LayoutError:
+        return await _read_table(node)
+    except SnapshotTableError:
         raise BlockError(errno.EINVAL) from None
-    return snapshots
 
 
 def _validate_l1(node: Qcow2Node, sn: Snapshot) -> None:

@@ -564,8 +564,9 @@ def _convert(a: Args, progress: Progress, opened: list[OpenedImage]) -> int:
         _load_snapshot(a, sources)
     out_baseimg = a.out_baseimg
     create_opts = None
+    protocol = "file"
     if not a.skip_create:
-        create_opts = _prepare_create(a, total * SECTOR)
+        create_opts, protocol = _prepare_create(a, total * SECTOR)
         out_baseimg = create_opts.text("backing_file")
     target_has_backing = out_baseimg is not None
     if a.target_is_zero and target_has_backing:
@@ -579,7 +580,7 @@ def _convert(a: Args, progress: Progress, opened: list[OpenedImage]) -> int:
         )
     if create_opts is not None:
         _check_create(a, create_opts)
-        _create(a, create_opts, total * SECTOR)
+        _create(a, create_opts, protocol, total * SECTOR)
     if a.cache not in CACHE_MODES:
         raise ImgError(f"Invalid cache option: {a.cache}")
     if a.skip_create:
@@ -675,19 +676,23 @@ def _load_snapshot(a: Args, sources: list[Source]) -> None:
     raise ImgError(f"Failed to load snapshot: {message}")
 
 
-def _prepare_create(a: Args, size: int) -> CreateOptions:
+def _prepare_create(a: Args, size: int) -> tuple[CreateOptions, str]:
     """The target's creation options as img_convert builds them before anything is written:
-    the format's and protocol's option lists, ``-o``, the size, ``-B``/``-F``."""
-    from qio.block import registry
-    from qio.img.create import FORMATS, CreateOptions, create_opts_list, option_pairs
+    the format's and protocol's option lists, ``-o``, the size, ``-B``/``-F``.  Returns
+    them with the protocol that creates the target."""
+    from qio.img.create import (
+        CreateOptions,
+        check_format,
+        create_opts_list,
+        find_protocol,
+        option_pairs,
+    )
 
     fmt = a.out_fmt or "raw"
-    if fmt not in FORMATS:
-        if fmt in registry.driver_names() or fmt in registry.UNSUPPORTED_FORMATS:
-            raise ImgError(f"Creating '{fmt}' images is not supported by qio-img")
-        raise ImgError(f"Unknown file format '{fmt}'")
-    opts = CreateOptions(create_opts_list(fmt))
     try:
+        check_format(fmt)
+        protocol = find_protocol(a.target)
+        opts = CreateOptions(create_opts_list(fmt, protocol))
         for name, text in option_pairs(",".join(a.options)) if a.options else []:
             opts.set(name, text)
     except OptionError as exc:
@@ -701,7 +706,7 @@ def _prepare_create(a: Args, size: int) -> CreateOptions:
         if opts.find_desc("backing_fmt") is None:
             raise ImgError(f"Backing file format not supported for file format '{fmt}'")
         opts.set("backing_fmt", a.backing_fmt)
-    return opts
+    return opts, protocol
 
 
 def _check_create(a: Args, opts: CreateOptions) -> None:
@@ -718,14 +723,14 @@ def _check_create(a: Args, opts: CreateOptions) -> None:
             raise ImgError("Compression and preallocation not supported at the same time")
 
 
-def _create(a: Args, opts: CreateOptions, size: int) -> None:
+def _create(a: Args, opts: CreateOptions, protocol: str, size: int) -> None:
     """bdrv_create: silent; its errors name the target and format."""
     from qio.img.create import _create_qcow2, _create_raw
 
     fmt = a.out_fmt or "raw"
     try:
-        if fmt == "raw":
-            _create_raw(a.target, opts, size)
+        if fmt in ("raw", "file"):
+            _create_raw(a.target, protocol, opts, size)
         else:
             _create_qcow2(a.target, opts, size)
     except OpenError as exc:

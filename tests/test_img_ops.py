@@ -560,3 +560,33 @@ def test_snapshot_apply_refused_with_bitmaps(sides: tuple[Path, Path]) -> None:
     both(q, p, "snapshot", "-a", "s", "bm.qcow2")
     check_clean(p, "bm.qcow2")
     both(q, p, "convert", "-l", "s", "-O", "raw", "r.raw", "t.raw")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-p", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2"],
+        ["-p", "-b", "base.qcow2", "-F", "qcow2", "mid.qcow2"],
+        ["-p", "-b", "base.qcow2", "-F", "qcow2", "sub/top.qcow2"],
+        ["-p", "-b", "base.qcow2", "-F", "qcow2", "sub/mid.qcow2"],
+        ["-p", "-b", "mid.qcow2", "-F", "qcow2", "sub/top.qcow2"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_rebase_within_chain(
+    templates: dict[str, Path], sides: tuple[Path, Path], argv: list[str]
+) -> None:
+    """Rebasing onto an image of the chain reuses it (only what lies between is compared),
+    but only when QEMU's bdrv_find_backing_image finds it: a relative name for an image in
+    a subdirectory is resolved twice and is not found, so the new backing file is opened
+    and compared in full (the progress meter shows the difference)."""
+    q, p = sides
+    for d in (q, p):
+        (d / "sub").mkdir()
+        for name in ("base.qcow2", "mid.qcow2", "top.qcow2"):
+            shutil.copy2(templates["rebase"] / name, d / name)
+            shutil.copy2(templates["rebase"] / name, d / "sub" / name)
+    both(q, p, "rebase", *argv)
+    image = argv[-1]
+    assert (p / image).read_bytes() == (q / image).read_bytes()
+    check_clean(p, image)

@@ -39,19 +39,34 @@ def _known_format(name: str) -> bool:
 
 
 def _chain_node_for(root: BlockNode, path: str) -> BlockNode | None:
-    """bdrv_find_backing_image: the image in ``root``'s backing chain stored at ``path``."""
-    try:
-        wanted = os.path.realpath(path)
-    except (OSError, ValueError):
-        return None
-    layer = root.backing if root.supports_backing else None
-    while layer is not None:
-        file = layer.file if layer.file is not None else layer
-        name = file.filename or layer.filename
-        if name and not name.startswith("json:") and os.path.realpath(name) == wanted:
-            return layer
-        layer = layer.backing if layer.supports_backing else None
+    """bdrv_find_backing_image: the image in ``root``'s backing chain stored at ``path``.
+
+    As in QEMU, ``path`` (already resolved against the overlay's directory) is resolved once
+    more against each layer's directory, and both sides must exist (realpath): rebasing
+    ``dir/top`` onto a relative name therefore does not find the chain's image and opens
+    it anew."""
+    from qio.block.open import resolve_backing_path
+
+    layer: BlockNode | None = root
+    while layer is not None and layer.supports_backing and layer.backing is not None:
+        below = layer.backing
+        name = _image_filename(layer)
+        candidate = resolve_backing_path(name, path)
+        recorded = resolve_backing_path(name, layer.backing_file) if layer.backing_file else ""
+        if (
+            recorded
+            and os.path.exists(candidate)
+            and os.path.exists(recorded)
+            and os.path.realpath(candidate) == os.path.realpath(recorded)
+        ):
+            return below
+        layer = below
     return None
+
+
+def _image_filename(node: BlockNode) -> str:
+    file = node.file if node.file is not None else node
+    return file.filename or node.filename
 
 
 def run(argv: list[str]) -> int:

@@ -50,6 +50,8 @@ async def status_above(
     not including) ``base``; zeros synthesised past the end of a short backing file count as
     allocated in that layer, as in QEMU.
     """
+    if node is base:
+        return 0, length  # nothing lies between a node and itself
     status = await node.block_status(offset, length, want_zero)
     flags, pnum = flags_of(status), status.length
     layer = _backing(node)

@@ -155,3 +155,16 @@ class GraphNode:
     probed: bool
     leaf_label: str  # how a leaf names what it opened: "a.img", "" for null-co
     children: tuple[GraphNode, ...] = ()
+
+
+@dataclass(frozen=True)
+class LocateStep:
+    """``locate``: what one layer of the graph did with the byte at ``offset``."""
+
+    role: str | None  # the edge from the parent (None for the root)
+    driver: str
+    node_name: str
+    filename: str
+    offset: int  # the offset as this layer saw it
+    facts: tuple[str, ...]  # one line per decision the layer made
+    children: tuple[LocateStep, ...] = ()

@@ -15,6 +15,7 @@ from qio.results import (
     DiffResult,
     GraphNode,
     InfoResult,
+    LocateStep,
     MapRun,
     Mismatch,
     PatternMismatch,
@@ -203,6 +204,9 @@ class PlainRenderer:
             return
         self.out("".join(graph_lines(tree)))
 
+    def locate(self, step: LocateStep) -> None:
+        self.out("".join(locate_lines(step)))
+
 
 # -- diff ----------------------------------------------------------------------------------
 def _mark_line(indent: int, raw: bytes, test: bytes) -> str:
@@ -288,4 +292,24 @@ def graph_lines(tree: GraphNode) -> list[str]:
             walk(child, prefix + ("    " if last else "│   "))
 
     walk(tree, "")
+    return out
+
+
+def locate_lines(step: LocateStep) -> list[str]:
+    """Each layer on one line (driver, what it opened, the offset it saw), its decisions
+    indented under it, children below with their role, as ``graph`` draws the tree."""
+    out: list[str] = []
+
+    def walk(node: LocateStep, prefix: str, head: str) -> None:
+        name = f" {node.filename}" if node.filename and not node.children else ""
+        out.append(f"{head}{node.driver}{name} @ {node.offset} (0x{node.offset:x})\n")
+        body = prefix + ("│   " if node.children else "    ")
+        for fact in node.facts:
+            out.append(f"{body}{fact}\n")
+        for index, child in enumerate(node.children):
+            last = index == len(node.children) - 1
+            walk(child, prefix + ("    " if last else "│   "),
+                 f"{prefix}{'└── ' if last else '├── '}{child.role}: ")
+
+    walk(step, "", "")
     return out

@@ -84,6 +84,17 @@ class Mismatch:
 
 
 @dataclass(frozen=True)
+class LoggedMismatch:
+    """A mismatch read back from a qio-nbd record file, with where it came from."""
+
+    mismatch: Mismatch
+    time: str = ""
+    export: str = ""
+    client: str = ""
+    action: str = ""  # "raw" (the client got the trusted data) or "error" (EIO)
+
+
+@dataclass(frozen=True)
 class MismatchExtent:
     """A run of consecutive 512-byte sectors in which the two children differ (``verify``).
 

@@ -452,6 +452,7 @@ def _open_backing(filename: str, backing_file: str, backing_fmt: str | None) -> 
     flags = OpenFlags()
     flags.read_write = False
     flags.force_share = True
+    flags.no_io = True
     options = Options()
     if backing_fmt is not None:
         options.set("driver", backing_fmt)

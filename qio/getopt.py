@@ -26,6 +26,8 @@ class LongOption:
 @dataclass
 class GetoptError:
     message: str  # glibc's text without the program-name prefix
+    # argv[optind - 1] when glibc returns the error (qemu-img names the option with it)
+    arg: str = field(default="", compare=False)
 
 
 @dataclass
@@ -68,7 +70,9 @@ class Getopt:
                 j += 1
                 pos = self.shortopts.find(c)
                 if c == ":" or pos < 0:
-                    yield GetoptError(f"invalid option -- '{c}'")
+                    # glibc moves optind past the cluster only after its last character
+                    last = arg if j == len(arg) else args[i - 2]
+                    yield GetoptError(f"invalid option -- '{c}'", last)
                     return
                 if pos + 1 < len(self.shortopts) and self.shortopts[pos + 1] == ":":
                     if j < len(arg):
@@ -77,7 +81,7 @@ class Getopt:
                         yield (c, args[i])
                         i += 1
                     else:
-                        yield GetoptError(f"option requires an argument -- '{c}'")
+                        yield GetoptError(f"option requires an argument -- '{c}'", arg)
                         return
                     break
                 yield (c, None)
@@ -94,19 +98,21 @@ class Getopt:
                 matches = [o for o in self.longopts if o.name.startswith(name)]
             distinct = {(o.key, o.has_arg) for o in matches}
             if not matches:
-                return i + 1, GetoptError(f"unrecognized option '{arg}'")
+                return i + 1, GetoptError(f"unrecognized option '{arg}'", arg)
             if len(distinct) > 1:
                 names = " ".join(f"'--{o.name}'" for o in matches)
-                return i + 1, GetoptError(f"option '--{name}' is ambiguous; possibilities: {names}")
+                return i + 1, GetoptError(
+                    f"option '--{name}' is ambiguous; possibilities: {names}", arg
+                )
             opt = matches[0]
         if opt.has_arg:
             if eq:
                 return i + 1, (opt.key, value)
             if i + 1 < len(self.args):
                 return i + 2, (opt.key, self.args[i + 1])
-            return i + 1, GetoptError(f"option '--{opt.name}' requires an argument")
+            return i + 1, GetoptError(f"option '--{opt.name}' requires an argument", arg)
         if eq:
-            return i + 1, GetoptError(f"option '--{opt.name}' doesn't allow an argument")
+            return i + 1, GetoptError(f"option '--{opt.name}' doesn't allow an argument", arg)
         return i + 1, (opt.key, None)
 
 

@@ -11,6 +11,7 @@ rather than Python's.
 from __future__ import annotations
 
 import errno
+import math
 import re
 from dataclasses import dataclass
 
@@ -295,3 +296,12 @@ def report_lines(
 def hexc(value: int) -> str:
     """C's ``%#x``: ``0x`` prefix except for zero, which prints as ``0``."""
     return "0" if value == 0 else f"{value:#x}"
+
+
+def size_to_str(value: int) -> str:
+    """QEMU's size_to_str (qemu-img info's sizes): three significant digits and a binary
+    unit, switching to the next unit from 1000 on (``1000 KiB`` shows as ``0.977 MiB``)."""
+    suffixes = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
+    _mantissa, exponent = math.frexp(value / (1000.0 / 1024.0))
+    i = (exponent - 1) // 10 if exponent > 0 else 0
+    return "%0.3g %sB" % (value / float(1 << (i * 10)), suffixes[i])

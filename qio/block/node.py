@@ -65,6 +65,9 @@ class OpenFlags:
     force_share: bool = False
     no_backing: bool = False
     aio: str = "threads"
+    # BDRV_O_NO_IO: opened only to read its metadata (qemu-img info, create's backing check);
+    # qcow2 then leaves an external data file unopened, as QEMU does
+    no_io: bool = False
 
     def copy(self) -> OpenFlags:
         return OpenFlags(**self.__dict__)

@@ -465,3 +465,95 @@ def _mod_utf8_decode(raw: bytes, i: int) -> tuple[int, int]:
     if overlong or cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF or _noncharacter(cp):
         return -1, length
     return cp, length
+
+
+# -- writing ---------------------------------------------------------------------------------
+def to_json_pretty(value: Any) -> str:
+    """QEMU's qobject_to_json_pretty: four spaces per level, ``"key": value``.
+
+    A ``dict`` is a QDict: its keys come out in QDict iteration order (hash buckets, see
+    qio.block.options.qdict_order), whatever order they were inserted in.  A list of
+    ``(key, value)`` pairs is an object whose order is already decided by the caller.  An
+    empty object or array still spans two lines, as in QEMU.
+    """
+    out: list[str] = []
+    _write(out, value, 0)
+    return "".join(out)
+
+
+def _is_pairs(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value)
+    )
+
+
+def _write(out: list[str], value: Any, level: int) -> None:
+    from qio.block.options import qdict_order
+
+    if isinstance(value, dict) or _is_pairs(value):
+        if isinstance(value, dict):
+            items = [(k, value[k]) for k in qdict_order(list(value))]
+        else:
+            items = list(value)
+        out.append("{")
+        for i, (key, item) in enumerate(items):
+            out.append(("," if i else "") + "\n" + " " * (4 * (level + 1)))
+            out.append(_json_string(key) + ": ")
+            _write(out, item, level + 1)
+        out.append("\n" + " " * (4 * level) + "}")
+    elif isinstance(value, list):
+        out.append("[")
+        for i, item in enumerate(value):
+            out.append(("," if i else "") + "\n" + " " * (4 * (level + 1)))
+            _write(out, item, level + 1)
+        out.append("\n" + " " * (4 * level) + "]")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif value is None:
+        out.append("null")
+    elif isinstance(value, int):
+        out.append(str(value))
+    elif isinstance(value, float):
+        out.append(repr(value))
+    else:
+        out.append(_json_string(str(value)))
+
+
+_ESCAPES = {
+    0x22: '\\"',
+    0x5C: "\\\\",
+    0x08: "\\b",
+    0x0C: "\\f",
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: "\\t",
+}
+
+
+def _json_string(text: str) -> str:
+    """QEMU's string output: ASCII printable as is, everything else as \\uXXXX (invalid
+    UTF-8 as U+FFFD, beyond the BMP as a surrogate pair)."""
+    raw = text.encode("utf-8", "surrogateescape")
+    parts = ['"']
+    i = 0
+    while i < len(raw):
+        cp, n = _mod_utf8_decode(raw, i)
+        i += n
+        if cp in _ESCAPES:
+            parts.append(_ESCAPES[cp])
+            continue
+        if cp < 0:
+            cp = 0xFFFD
+        if cp > 0xFFFF:
+            cp -= 0x10000
+            parts.append("\\u%04X\\u%04X" % (0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF)))
+        elif cp < 0x20 or cp >= 0x7F:
+            parts.append("\\u%04X" % cp)
+        else:
+            parts.append(chr(cp))
+    parts.append('"')
+    return "".join(parts)

@@ -6,10 +6,9 @@ as its backing node, and puts it on top; writes land in the overlay and vanish w
 7.2 unlinks the file as soon as it is open, so nothing is left behind even when the process is
 killed; qio does the same.
 
-The overlay is opened through the driver registry like any image, so this module needs the
-qcow2 driver only at run time; it writes the empty image itself (the layout QEMU's qcow2 create
-produces: header, refcount table, one refcount block, L1 table) so it does not depend on the
-driver's internals.
+The overlay is made by qio's qcow2 creator (qio.block.qcow2.create, the code behind
+``qio-img create``), as QEMU calls bdrv_create for it, so it has exactly the layout
+``qemu-img create -f qcow2`` gives.
 """
 
 from __future__ import annotations
@@ -18,67 +17,12 @@ import errno
 import os
 import random
 import string
-import struct
 
 from qio.block.node import BlockNode, OpenFlags
 from qio.block.open import OpenContext, open_node
 from qio.block.options import Options
+from qio.block.qcow2.create import CreateError, Qcow2CreateOptions, create_qcow2
 from qio.errors import OpenError
-
-CLUSTER_BITS = 16
-CLUSTER = 1 << CLUSTER_BITS
-L2_ENTRIES = CLUSTER // 8
-HEADER_LENGTH = 112
-FEATURE_TABLE_MAGIC = 0x6803F857
-# (type, bit, name): incompatible 0, compatible 1, autoclear 2
-FEATURE_NAMES = (
-    (0, 0, b"dirty bit"),
-    (0, 1, b"corrupt bit"),
-    (0, 2, b"external data file"),
-    (0, 3, b"compression type"),
-    (0, 4, b"extended L2 entries"),
-    (1, 0, b"lazy refcounts"),
-    (2, 0, b"bitmaps"),
-    (2, 1, b"raw external data"),
-)
-
-
-def empty_qcow2(size: int) -> bytes:
-    """An empty qcow2 v3 image of ``size`` bytes with 64 KiB clusters and 16-bit refcounts."""
-    l1_size = -(-size // (CLUSTER * L2_ENTRIES))
-    l1_clusters = -(-(l1_size * 8) // CLUSTER)
-    reftable_offset, refblock_offset, l1_offset = CLUSTER, 2 * CLUSTER, 3 * CLUSTER
-    header = struct.pack(
-        ">4sIQIIQIIQQIIQQQQIIB7x",
-        b"QFI\xfb",
-        3,  # version
-        0,  # backing file offset
-        0,  # backing file name length
-        CLUSTER_BITS,
-        size,
-        0,  # no encryption
-        l1_size,
-        l1_offset if l1_size else 0,
-        reftable_offset,
-        1,  # refcount table clusters
-        0,  # snapshots
-        0,  # snapshots offset
-        0,  # incompatible features
-        0,  # compatible features
-        0,  # autoclear features
-        4,  # refcount order: 16 bits
-        HEADER_LENGTH,
-        0,  # compression type zlib
-    )
-    table = b"".join(struct.pack(">BB46s", t, bit, name) for t, bit, name in FEATURE_NAMES)
-    extensions = struct.pack(">II", FEATURE_TABLE_MAGIC, len(table)) + table + bytes(8)
-    used_clusters = 3 + l1_clusters
-    image = bytearray(l1_offset + l1_size * 8)  # QEMU's file ends right after the L1 table
-    image[: len(header) + len(extensions)] = header + extensions
-    struct.pack_into(">Q", image, reftable_offset, refblock_offset)
-    for index in range(used_clusters):
-        struct.pack_into(">H", image, refblock_offset + 2 * index, 1)
-    return bytes(image)
 
 
 def temporary_directory() -> str:
@@ -97,8 +41,13 @@ async def append_temp_snapshot(ctx: OpenContext, base: BlockNode, flags: OpenFla
             f"Could not open temporary file '{path}': {os.strerror(err)}", err
         ) from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(empty_qcow2(base.getlength()))
+        os.close(fd)
+        try:
+            await create_qcow2(path, Qcow2CreateOptions(size=base.getlength()), ctx.program)
+        except CreateError as exc:
+            raise OpenError(
+                f"Could not create temporary overlay '{path}': {exc.message}", exc.errno
+            ) from None
         options = Options(
             {
                 "driver": "qcow2",

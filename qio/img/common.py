@@ -7,10 +7,13 @@ and return an exit status; they never print tracebacks.
 
 from __future__ import annotations
 
+import errno
 import sys
 from dataclasses import dataclass, field
 
 from qio.block.node import BlockNode, OpenFlags
+from qio.getopt import Getopt, GetoptError, LongOption
+from qio.numbers import INT64_MAX, NumberError, parse_size
 
 PROGRAM = "qio-img"
 
@@ -18,16 +21,19 @@ PROGRAM = "qio-img"
 class ImgError(Exception):
     """A failure qemu-img reports with one line and an exit status (1 unless told)."""
 
-    def __init__(self, message: str, status: int = 1, usage_hint: bool = False) -> None:
+    def __init__(
+        self, message: str, status: int = 1, usage_hint: bool = False, end: str = "\n"
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.usage_hint = usage_hint
+        self.end = end  # QEMU prints some hints without a final newline
 
 
-def error(message: str) -> None:
+def error(message: str, end: str = "\n") -> None:
     sys.stdout.flush()
-    sys.stderr.write(f"{PROGRAM}: {message}\n")
+    sys.stderr.write(f"{PROGRAM}: {message}{end}")
     sys.stderr.flush()
 
 
@@ -37,7 +43,7 @@ def usage_error(message: str) -> ImgError:
 
 
 def report(exc: ImgError) -> int:
-    error(exc.message)
+    error(exc.message, exc.end)
     if exc.usage_hint:
         sys.stderr.write(f"Try '{PROGRAM} --help' for more information\n")
         sys.stderr.flush()
@@ -56,6 +62,7 @@ class OpenSpec:
     no_backing: bool = False
     cache: str = "writeback"  # qemu-img's BDRV_DEFAULT_CACHE
     quiet: bool = False
+    no_io: bool = False  # BDRV_O_NO_IO: metadata only (qemu-img info)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -90,9 +97,15 @@ def open_image(spec: OpenSpec) -> OpenedImage:
     flags.read_write = spec.read_write
     flags.force_share = spec.force_share
     flags.no_backing = spec.no_backing
+    flags.no_io = spec.no_io
     flags.direct, flags.no_flush, _ = CACHE_MODES[spec.cache]
     if spec.image_opts:
-        options = parse_option_string(spec.filename)
+        text = spec.filename
+        first = text.split(",", 1)[0]
+        if "=" not in first and text:
+            # qemu-img's "source" option list has "file" as its implied first key
+            text = f"file={text}"
+        options = parse_option_string(text)
         name = None
     else:
         options = Options()
@@ -106,3 +119,40 @@ def open_image(spec: OpenSpec) -> OpenedImage:
     except OpenError as exc:
         raise ImgError(f"Could not open '{spec.filename}': {exc.message}") from None
     return OpenedImage(root, ctx)
+
+
+def parse_command_line(
+    argv: list[str], shortopts: str, longopts: tuple[LongOption, ...] = ()
+) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """A subcommand's getopt_long loop with qemu-img's ``:`` error handling.
+
+    qemu-img reports getopt failures itself, naming ``argv[optind - 1]``:
+    ``missing argument for option '-f'`` and ``unrecognized option '-x'`` (usage errors).
+    """
+    g = Getopt(argv, shortopts, longopts)
+    options: list[tuple[str, str | None]] = []
+    for item in g:
+        if isinstance(item, GetoptError):
+            if "requires an argument" in item.message:
+                raise usage_error(f"missing argument for option '{item.arg}'")
+            raise usage_error(f"unrecognized option '{item.arg}'")
+        options.append(item)
+    return options, g.operands
+
+
+def cvtnum(name: str, value: str, minimum: int = 0, maximum: int = INT64_MAX) -> int:
+    """qemu-img's cvtnum_full: a size with suffixes, or its two-line error (status 1)."""
+    try:
+        parsed = parse_size(value)
+    except NumberError as exc:
+        if exc.code != errno.ERANGE:
+            raise ImgError(
+                f"Invalid {name} specified. You may use k, M, G, T, P or E suffixes for\n"
+                f"{PROGRAM}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
+            ) from None
+        parsed = None
+    if parsed is not None and parsed.hex_with_suffix:
+        error(f"warning: Using a multiplier suffix on hex numbers is deprecated: {value}")
+    if parsed is None or not minimum <= parsed.value <= maximum:
+        raise ImgError(f"Invalid {name} specified. Must be between {minimum} and {maximum}.")
+    return parsed.value

@@ -339,6 +339,14 @@ class Qcow2Node(BlockNode):
 
     async def _open_data_file(self, options: Options) -> None:
         h = self.header
+        if self.flags.no_io:
+            # QEMU does not open the data file for a metadata-only open, so qemu-img info
+            # can inspect an untrusted image without touching the files it names.
+            options.extract("data-file")
+            options.pop("data-file")
+            assert self.file is not None
+            self.data_file = self.file
+            return
         child = await open_child(
             self.context, None, options, "data-file", self.flags, allow_none=True
         )

@@ -165,7 +165,7 @@ def help_text() -> str:
         "    '-h', '--help'       display this help and exit\n"
         "    '-V', '--version'    output version information and exit\n"
         "    '-T', '--trace'      [[enable=]<pattern>][,events=<file>][,file=<file>]\n"
-        "                         specify tracing options (accepted and ignored by qio)\n"
+        "                         specify tracing options (checked; qio has no trace events)\n"
         "\n"
         "Command syntax:\n"
         f"{syntax}"

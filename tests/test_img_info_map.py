@@ -229,8 +229,29 @@ MAP_CASES += [
 ]
 
 
+# qemu-img's own options, before the command name
+GLOBAL_CASES = [
+    "",
+    "--",
+    "-- info r.img",
+    "-T foo",
+    "-T foo info r.img",
+    "--tr=foo info r.img",
+    "-Tfoo,nofile info r.img",
+    "-T bogus=1 info r.img",
+    "-T file=nonexist/x info r.img",
+    "-T",
+    "--trace",
+    "-x",
+    "--x info",
+    "--help=1",
+    "info -T foo r.img",
+    "nosuchcommand r.img",
+]
+
+
 @pytest.mark.oracle
-@pytest.mark.parametrize("line", INFO_CASES + MAP_CASES)
+@pytest.mark.parametrize("line", INFO_CASES + MAP_CASES + GLOBAL_CASES)
 def test_like_qemu_img(line: str, tmp_path: Path, template: Path) -> None:
     pair = ImgPair(tmp_path, template)
     pair.check(shlex.split(line))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from qio.block.coroutine import Task, scheduler
 from qio.block.mismatch import BlkverifyMismatch
 from qio.block.node import ReqFlags
+from qio.block.payload import RepeatedBytes, WriteData
 from qio.commands.table import command
 from qio.errors import BlockError
 from qio.numbers import REQUEST_MAX_BYTES, parse_pattern
@@ -374,18 +375,21 @@ class FillSource:
     def __init__(self, pattern: int = 0xCD, period: bytes | None = None) -> None:
         self.pattern = pattern
         self.period = period
+        self._repeated: RepeatedBytes | None = None
 
-    def chunk(self, pos: int, n: int) -> memoryview:
-        if self.period is None:
-            if n == CHUNK:
-                return memoryview(_pattern_chunk(self.pattern))
-            # (write -c and -b send the whole request at once, which may exceed a chunk)
-            return memoryview(bytes([self.pattern]) * n)
-        p = len(self.period)
-        phase = pos % p
-        reps = (phase + n) // p + 1
-        data = (self.period * reps)[phase : phase + n]
-        return memoryview(data)
+    def chunk(self, pos: int, n: int) -> WriteData:
+        """Request bytes [pos, pos+n): a view of a prebuilt chunk up to CHUNK bytes, a
+        RepeatedBytes beyond (one request of any length in bounded memory)."""
+        if self.period is None and n <= CHUNK:
+            return memoryview(_pattern_chunk(self.pattern))[:n]
+        if self._repeated is None:
+            if self.period is None:
+                block = _pattern_chunk(self.pattern)
+                self._repeated = RepeatedBytes(block, 1, len(block))
+            else:
+                self._repeated = RepeatedBytes.of(self.period, len(self.period))
+        data = RepeatedBytes(self._repeated.block, self._repeated.period, n, pos)
+        return data if n > CHUNK else memoryview(bytes(data))
 
 
 _pattern_cache: dict[int, bytes] = {}
@@ -750,7 +754,7 @@ def aio_write_f(s: Session, argv: list[str]) -> int:
 
     else:
         count = iovec_total(s, operands[1:])
-        data = memoryview(bytes([pattern]) * count)
+        data = FillSource(pattern).chunk(0, count)
         t1 = now()
 
         async def request() -> None:

@@ -32,6 +32,7 @@ from qio.block.mismatch import BlkverifyExit, BlkverifyMismatch
 from qio.block.node import BlockNode, ReqFlags
 from qio.block.open import open_child
 from qio.block.options import Options
+from qio.block.payload import WriteData
 from qio.errors import BlockError, OpenError
 from qio.results import Mismatch
 
@@ -116,7 +117,7 @@ class BlkverifyNode(BlockNode):
             self._fail(mismatch)
             buf[:] = raw_buf  # a handler chose the trusted copy
 
-    async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+    async def drv_pwritev(self, offset: int, data: WriteData, flags: ReqFlags) -> None:
         test_error = await _outcome(self.test.pwritev(offset, data, flags))
         raw_error = await _outcome(self.raw.pwritev(offset, data, flags))
         error = self._settle("write", offset, len(data), test_error, raw_error)

@@ -143,4 +143,10 @@ class BlockBackend:
         raise BlockError(errno.ENOTSUP)
 
     async def close(self) -> None:
+        # bdrv_close flushes an opened graph first (its result ignored): what a
+        # cache=writeback run wrote reaches the disk when qemu-io closes the image or exits.
+        try:
+            await self.root.flush()
+        except BlockError:
+            pass
         await self.root.close()

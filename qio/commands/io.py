@@ -381,7 +381,9 @@ class FillSource:
         """Request bytes [pos, pos+n): a view of a prebuilt chunk up to CHUNK bytes, a
         RepeatedBytes beyond (one request of any length in bounded memory)."""
         if self.period is None and n <= CHUNK:
-            return memoryview(_pattern_chunk(self.pattern))[:n]
+            if n < CHUNK:  # (building a small buffer is cheaper than caching a chunk)
+                return memoryview(bytes((self.pattern,)) * n)
+            return memoryview(_pattern_chunk(self.pattern))
         if self._repeated is None:
             if self.period is None:
                 block = _pattern_chunk(self.pattern)

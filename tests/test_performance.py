@@ -42,18 +42,27 @@ def test_iovecs_share_one_block() -> None:
     assert {id(v.obj) for v in views} == {id(data.block)}
 
 
+# Started from a small helper process: a child forked straight from a big pytest process
+# would count the parent's pages (ru_maxrss survives exec) in its peak.
+_MEASURE = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+_pid, status, usage = os.wait4(proc.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def peak_rss_mib(args: list[str], cwd: Path) -> int:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qio", *args],
+    ran = subprocess.run(
+        [sys.executable, "-c", _MEASURE, sys.executable, "-m", "qio", *args],
         cwd=cwd,
         env=qio_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        capture_output=True,
+        text=True,
     )
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read() if proc.stderr else b""
-    return usage.ru_maxrss // 1024
+    status, max_rss_kib = ran.stdout.split()
+    assert status == "0", ran.stderr
+    return int(max_rss_kib) // 1024
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])

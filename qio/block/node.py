@@ -531,7 +531,7 @@ class BlockNode:
         self._write_done(offset, length, ok)
 
     async def _driver_pwritev(self, offset: int, data: WriteData, flags: ReqFlags) -> None:
-        if flags & ReqFlags.FUA and not self.supports_fua:
+        if flags and flags & ReqFlags.FUA and not self.supports_fua:
             await self.drv_pwritev(offset, data, flags & ~ReqFlags.FUA)
             await self.flush()
         else:

@@ -506,15 +506,16 @@ def write_f(s: Session, argv: list[str]) -> int:
     if bflag and zflag:
         s.r.message("-b and -z cannot be specified at the same time")
         return -errno.EINVAL
-    if flags & ReqFlags.FUA and (bflag or cflag):
-        s.r.message("-f and -b or -c cannot be specified at the same time")
-        return -errno.EINVAL
-    if flags & ReqFlags.NO_FALLBACK and not zflag:
-        s.r.message("-n requires -z to be specified")
-        return -errno.EINVAL
-    if flags & ReqFlags.MAY_UNMAP and not zflag:
-        s.r.message("-u requires -z to be specified")
-        return -errno.EINVAL
+    if flags:  # (flag enum arithmetic is slow; most writes have none)
+        if flags & ReqFlags.FUA and (bflag or cflag):
+            s.r.message("-f and -b or -c cannot be specified at the same time")
+            return -errno.EINVAL
+        if flags & ReqFlags.NO_FALLBACK and not zflag:
+            s.r.message("-n requires -z to be specified")
+            return -errno.EINVAL
+        if flags & ReqFlags.MAY_UNMAP and not zflag:
+            s.r.message("-u requires -z to be specified")
+            return -errno.EINVAL
     if zflag + pflag + sflag > 1:
         s.r.message("Only one of -z, -P, and -s can be specified at the same time")
         return -errno.EINVAL

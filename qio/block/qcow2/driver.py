@@ -643,7 +643,12 @@ class Qcow2Node(BlockNode):
         while pos < total:
             await self.lock.acquire()
             try:
-                host, n, metas = await self.map.alloc_host_offset(offset + pos, total - pos)
+                # Overwriting clusters already allocated in place: no allocation machinery.
+                host_in_place = self.map.lookup_copied(offset + pos, total - pos)
+                if host_in_place is not None:
+                    host, n, metas = host_in_place, total - pos, []
+                else:
+                    host, n, metas = await self.map.alloc_host_offset(offset + pos, total - pos)
                 try:
                     await self.check_metadata_write(host, n, "data")
                 except BlockError:
@@ -697,7 +702,7 @@ class Qcow2Node(BlockNode):
             merged = self._merge_cow(offset, len(data), metas)
             if merged is None:
                 await self.fire("write_aio")
-                await self.data_file.pwritev(host, data, flags & ReqFlags.FUA)
+                await self.data_file.pwritev(host, data, flags and flags & ReqFlags.FUA)
         except BlockError:
             await self.lock.acquire()
             for meta in metas:

@@ -367,7 +367,7 @@ class BlockNode:
             tracker.end(req)
 
     async def _aligned_preadv(self, offset: int, buf: memoryview, flags: ReqFlags) -> None:
-        if flags & ReqFlags.COPY_ON_READ:
+        if flags and flags & ReqFlags.COPY_ON_READ:
             flags &= ~ReqFlags.COPY_ON_READ
             allocated, pnum = await self.is_allocated(offset, len(buf))
             if not allocated or pnum != len(buf):

@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from qio.block import hostio
 from qio.block.coroutine import Task, scheduler
 from qio.block.mismatch import BlkverifyMismatch
 from qio.block.node import ReqFlags
@@ -26,6 +27,7 @@ from qio.results import PatternMismatch, TransferReport
 from qio.session import CommandAbort, Session
 
 CHUNK = 4 << 20  # bytes moved per step of a streamed request
+RETAIN_MIN = 1 << 20  # reads from this size keep freed buffers for reuse (hostio)
 DUMP_BUFFER_LIMIT = 64 << 20  # -v output is held back (as qemu-io does) up to this size
 _AB_CHUNK = b"\xab" * CHUNK
 _AB_VIEW = memoryview(_AB_CHUNK)
@@ -156,6 +158,8 @@ async def _read_request(
     vmstate: bool,
 ) -> ReadOutcome:
     blk = s.require_blk()
+    if count >= RETAIN_MIN:
+        hostio.retain_freed_memory()
     if keep or count <= CHUNK or vmstate:  # (the VM state is read as one request)
         buf = bytearray(_AB_CHUNK[:count]) if count <= CHUNK else bytearray(b"\xab") * count
         view = memoryview(buf)

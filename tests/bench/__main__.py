@@ -73,7 +73,10 @@ def warm_bytecode_cache() -> None:
     d = tempfile.mkdtemp(prefix="qio-bench-")
     try:
         make_raw(os.path.join(d, "r.img"), MIB)
-        for cmd in ([sys.executable, "-c", "pass"], [sys.executable, "-m", "qio", "-c", "help"]):
+        for cmd in (
+            [sys.executable, "-c", "pass"],
+            [sys.executable, "-m", "qio", "-f", "raw", "-c", "help"],
+        ):
             subprocess.run(
                 cmd + (["r.img"] if "qio" in cmd else []),
                 cwd=d,

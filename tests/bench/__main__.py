@@ -3,9 +3,11 @@
     python -m tests.bench [--rounds N] [--quick] [--cache MODE] [--only NAMES] [--no-qemu]
 
 Every workload runs through qio and through qemu-io (when installed) alternately, on fresh
-copies of the same images, ``--rounds`` times.  The table gives the median wall time of each
-tool, the ratio qio/qemu-io and the peak resident set size of each process.  Both tools run
-with the same cache mode (qemu-io's default, writethrough, unless ``--cache`` says otherwise).
+copies of the same images, ``--rounds`` times.  The Markdown table gives the median wall time
+and the median CPU time (user + system) of each tool, their ratios qio/qemu-io, the peak
+resident set size of each process and issue 7's target with whether this run met it.  Both
+tools run with the same cache mode (qemu-io's default, writethrough, unless ``--cache`` says
+otherwise).  docs/performance.md explains the workloads and keeps the latest results.
 """
 
 from __future__ import annotations

@@ -194,11 +194,25 @@ def _parse_size_general(text: str, default_suffix: str) -> ParsedSize:
     return ParsedSize(result, hex_with_suffix)
 
 
+_CVTNUM_MEMO: dict[str, ParsedSize] = {}
+_PATTERN_MEMO: dict[str, int | None] = {}
+_MEMO_LIMIT = 1 << 16  # entries; a memo that fills up starts again
+
+
 def cvtnum(text: str) -> ParsedSize:
-    """qemu-io's ``cvtnum``: a size that must also fit in int64."""
+    """qemu-io's ``cvtnum``: a size that must also fit in int64.
+
+    Valid answers are memoised: a script repeats its offsets and lengths.
+    """
+    parsed = _CVTNUM_MEMO.get(text)
+    if parsed is not None:
+        return parsed
     parsed = parse_size(text)
     if parsed.value > INT64_MAX:
         raise NumberError(errno.ERANGE, text)
+    if len(_CVTNUM_MEMO) >= _MEMO_LIMIT:
+        _CVTNUM_MEMO.clear()
+    _CVTNUM_MEMO[text] = parsed
     return parsed
 
 
@@ -236,9 +250,14 @@ def strtol_base0(text: str) -> int | None:
 
 def parse_pattern(text: str) -> int | None:
     """A ``-P`` byte: strtol base 0 in 0..255, else None (caller prints the error)."""
+    if text in _PATTERN_MEMO:
+        return _PATTERN_MEMO[text]
     value = strtol_base0(text)
     if value is None or not 0 <= value <= 255:
-        return None
+        value = None
+    if len(_PATTERN_MEMO) >= _MEMO_LIMIT:
+        _PATTERN_MEMO.clear()
+    _PATTERN_MEMO[text] = value
     return value
 
 

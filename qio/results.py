@@ -84,6 +84,17 @@ class Mismatch:
 
 
 @dataclass(frozen=True)
+class LoggedMismatch:
+    """A mismatch read back from a qio-nbd record file, with where it came from."""
+
+    mismatch: Mismatch
+    time: str = ""
+    export: str = ""
+    client: str = ""
+    action: str = ""  # "raw" (the client got the trusted data) or "error" (EIO)
+
+
+@dataclass(frozen=True)
 class MismatchExtent:
     """A run of consecutive 512-byte sectors in which the two children differ (``verify``).
 
@@ -155,3 +166,16 @@ class GraphNode:
     probed: bool
     leaf_label: str  # how a leaf names what it opened: "a.img", "" for null-co
     children: tuple[GraphNode, ...] = ()
+
+
+@dataclass(frozen=True)
+class LocateStep:
+    """``locate``: what one layer of the graph did with the byte at ``offset``."""
+
+    role: str | None  # the edge from the parent (None for the root)
+    driver: str
+    node_name: str
+    filename: str
+    offset: int  # the offset as this layer saw it
+    facts: tuple[str, ...]  # one line per decision the layer made
+    children: tuple[LocateStep, ...] = ()

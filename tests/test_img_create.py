@@ -26,6 +26,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (d / "sub").mkdir(exist_ok=True)
         subprocess.run([QEMU_IMG, "create", "-q", *args], cwd=d, env=env, check=True)
     (d / "old.qcow2").write_bytes(b"old contents" * 1000)
+    (d / "adir").mkdir()
     return d
 
 
@@ -144,6 +145,22 @@ x.img 10M
 -q -f qcow2 -o cluster_size=512,preallocation=metadata,refcount_bits=1 x.qcow2 4M
 -f qcow2 -o lazy_refcounts=yes,extended_l2=true x.qcow2 1G
 -f qcow2 -o backing_file=a,,b,backing_fmt=raw -u x.qcow2 1M
+-f qcow2 -o refcount_bits=-16 x.qcow2 1M
+-f qcow2 -o refcount_bits= x.qcow2 1M
+-f qcow2 -o refcount_bits=020 x.qcow2 1M
+-f qcow2 -o refcount_bits=99999999999999999999 x.qcow2 1M
+-f qcow2 -o refcount_bits=1_6 x.qcow2 1M
+-f qcow2 -o cluster_size=-1 x.qcow2 1M
+-f qcow2 -o preallocation= x.qcow2 1M
+-f qcow2 -o compression_type= x.qcow2 1M
+-f qcow2 -o =1 x.qcow2 1M
+-f qcow2 -o size=0x100k x.qcow2
+-f raw -o extent_size_hint=0x1k,size=0x10k x.img
+-f qcow2 -o extent_size_hint=0x1k,data_file=dx,cluster_size=0x1k,size=0x10k x.qcow2
+-f qcow2 -o cluster_size=0x1k,bogus=1 x.qcow2 1M
+-f file -o size=0x100k x.img
+-f qcow2 adir 1M
+-f qcow2 -o data_file=adir x.qcow2 1M
 -f qcow2 -o compat=0.10 -o compat=1.1 x.qcow2 1M
 -f qcow2 -o help x.qcow2
 -f qcow2 -o help

@@ -99,6 +99,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "rdf.qcow2",
         "1M",
     )
+    _img(d, "create", "-q", "-f", "qcow2", "-o", "data_file=lost.img", "lostdata.qcow2", "1M")
+    (d / "lost.img").unlink()  # info does not open the data file; map must
     _img(d, "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "2M")
     _io(d, "v2.qcow2", "write -z 0 64k", "write -P 1 64k 64k")
     _img(
@@ -174,7 +176,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 IMAGES = (
     "r.img e.img e.qcow2 m.qcow2 c.qcow2 mt.qcow2 xl.qcow2 pm.qcow2 mdf.qcow2 rdf.qcow2 "
-    "v2.qcow2 z.qcow2 sub/top.qcow2 orphan.qcow2 snaps.qcow2 vmsnaps.qcow2 dirty.qcow2 corrupt.qcow2 rand.img"
+    "lostdata.qcow2 v2.qcow2 z.qcow2 sub/top.qcow2 orphan.qcow2 snaps.qcow2 vmsnaps.qcow2 dirty.qcow2 corrupt.qcow2 rand.img"
 ).split()
 
 INFO_CASES = [f"info {image}" for image in IMAGES]
@@ -227,8 +229,29 @@ MAP_CASES += [
 ]
 
 
+# qemu-img's own options, before the command name
+GLOBAL_CASES = [
+    "",
+    "--",
+    "-- info r.img",
+    "-T foo",
+    "-T foo info r.img",
+    "--tr=foo info r.img",
+    "-Tfoo,nofile info r.img",
+    "-T bogus=1 info r.img",
+    "-T file=nonexist/x info r.img",
+    "-T",
+    "--trace",
+    "-x",
+    "--x info",
+    "--help=1",
+    "info -T foo r.img",
+    "nosuchcommand r.img",
+]
+
+
 @pytest.mark.oracle
-@pytest.mark.parametrize("line", INFO_CASES + MAP_CASES)
+@pytest.mark.parametrize("line", INFO_CASES + MAP_CASES + GLOBAL_CASES)
 def test_like_qemu_img(line: str, tmp_path: Path, template: Path) -> None:
     pair = ImgPair(tmp_path, template)
     pair.check(shlex.split(line))

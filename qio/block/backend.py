@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from qio.block.mismatch import MismatchCarrier
 from qio.block.node import BlockNode, ReqFlags
 from qio.block.open import OpenContext
+from qio.block.payload import WriteData
 from qio.errors import BlockError
 
 
@@ -65,6 +66,7 @@ class BlockBackend:
         except MismatchCarrier as exc:
             exc.rebase(self.root, offset, count)
             raise
+
     def read_only_node(self) -> BlockNode | None:
         """The first node a write would need that is read-only, if any.
 
@@ -87,7 +89,7 @@ class BlockBackend:
         await self.root.preadv(offset, buf, flags)
 
     async def pwrite(
-        self, offset: int, data: memoryview, flags: ReqFlags = ReqFlags.NONE, *, final: bool = True
+        self, offset: int, data: WriteData, flags: ReqFlags = ReqFlags.NONE, *, final: bool = True
     ) -> None:
         """One write request; ``final=False`` for all but the last piece of a streamed request."""
         self.check(offset, len(data))
@@ -141,4 +143,10 @@ class BlockBackend:
         raise BlockError(errno.ENOTSUP)
 
     async def close(self) -> None:
+        # bdrv_close flushes an opened graph first (its result ignored): what a
+        # cache=writeback run wrote reaches the disk when qemu-io closes the image or exits.
+        try:
+            await self.root.flush()
+        except BlockError:
+            pass
         await self.root.close()

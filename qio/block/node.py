@@ -27,6 +27,7 @@ from enum import IntFlag
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qio.block.coroutine import FatalError, Future
+from qio.block.payload import WriteData, copy_into
 from qio.block.tracking import Padding, RequestTracker, TrackedRequest
 from qio.errors import BlockError, OpenError
 from qio.numbers import REQUEST_MAX_BYTES
@@ -65,6 +66,9 @@ class OpenFlags:
     force_share: bool = False
     no_backing: bool = False
     aio: str = "threads"
+    # BDRV_O_NO_IO: opened only to read its metadata (qemu-img info, create's backing check);
+    # qcow2 then leaves an external data file unopened, as QEMU does
+    no_io: bool = False
 
     def copy(self) -> OpenFlags:
         return OpenFlags(**self.__dict__)
@@ -178,7 +182,7 @@ class BlockNode:
     async def drv_preadv(self, offset: int, buf: memoryview, flags: ReqFlags) -> None:
         raise BlockError(errno.ENOTSUP)
 
-    async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+    async def drv_pwritev(self, offset: int, data: WriteData, flags: ReqFlags) -> None:
         raise BlockError(errno.ENOTSUP)
 
     async def drv_pwrite_zeroes(self, offset: int, length: int, flags: ReqFlags) -> None:
@@ -366,7 +370,7 @@ class BlockNode:
             tracker.end(req)
 
     async def _aligned_preadv(self, offset: int, buf: memoryview, flags: ReqFlags) -> None:
-        if flags & ReqFlags.COPY_ON_READ:
+        if flags and flags & ReqFlags.COPY_ON_READ:
             flags &= ~ReqFlags.COPY_ON_READ
             allocated, pnum = await self.is_allocated(offset, len(buf))
             if not allocated or pnum != len(buf):
@@ -446,7 +450,7 @@ class BlockNode:
             progress += pnum - skip
             skip = 0
 
-    async def pwritev(self, offset: int, data: memoryview, flags: ReqFlags = ReqFlags.NONE) -> None:
+    async def pwritev(self, offset: int, data: WriteData, flags: ReqFlags = ReqFlags.NONE) -> None:
         length = len(data)
         if offset < 0:
             raise BlockError(errno.EIO)
@@ -470,7 +474,7 @@ class BlockNode:
             view = memoryview(padded)
             if pad.head:
                 view[: pad.head] = head_buf[: pad.head]
-            view[pad.head : pad.head + length] = data
+            copy_into(view[pad.head : pad.head + length], data)
             if pad.tail:
                 view[len(padded) - pad.tail :] = tail_buf[pad.align - pad.tail :]
             await self._aligned_pwritev(pad.start, view, flags)
@@ -506,7 +510,7 @@ class BlockNode:
             await self.node_event("pwritev_rmw_after_tail")
         return buf[:align], tail_buf
 
-    async def _aligned_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+    async def _aligned_pwritev(self, offset: int, data: WriteData, flags: ReqFlags) -> None:
         """bdrv_aligned_pwritev for data: events, max_transfer pieces, write generation."""
         limit = self.max_transfer
         length = len(data)
@@ -529,8 +533,8 @@ class BlockNode:
         await self.node_event("pwritev_done")
         self._write_done(offset, length, ok)
 
-    async def _driver_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
-        if flags & ReqFlags.FUA and not self.supports_fua:
+    async def _driver_pwritev(self, offset: int, data: WriteData, flags: ReqFlags) -> None:
+        if flags and flags & ReqFlags.FUA and not self.supports_fua:
             await self.drv_pwritev(offset, data, flags & ~ReqFlags.FUA)
             await self.flush()
         else:

@@ -11,7 +11,7 @@ import errno
 from qio.block.coroutine import scheduler
 from qio.block.graph import find_node, graph
 from qio.block.node import BlockNode
-from qio.commands.table import command
+from qio.commands.table import NOFILE_OK, command
 from qio.errors import BlockError
 from qio.results import DiffResult
 from qio.session import CommandAbort, Session
@@ -144,15 +144,50 @@ def diff_f(s: Session, argv: list[str]) -> int:
     return 0
 
 
+MISMATCHES_HELP = (
+    "\n lists blkverify mismatches: those recorded in this session, or those a qio-nbd server\n"
+    " recorded in a file\n\n Example:\n"
+    " 'mismatches' - the mismatches of this session (blkverify option mismatch=report)\n"
+    " 'mismatches -l mismatches.jsonl' - the file written by qio-nbd --mismatch-log\n\n"
+    " Each mismatch is listed as blkverify reported it, with the 512-byte sector of the first\n"
+    " differing byte.  Entries of a file also say which export and client they came from,\n"
+    " when, and whether the client got the trusted raw data or an I/O error; on a terminal\n"
+    " the raw and test bytes around the difference follow.  No image needs to be open.\n"
+    " -l, -- list the mismatches recorded in this file instead\n\n"
+)
+
+
 @command(
     name="mismatches",
     argmin=0,
-    argmax=0,
-    oneline="lists the blkverify mismatches recorded in this session (mismatch=report)",
+    argmax=2,
+    args="[-l file]",
+    oneline="lists the blkverify mismatches of this session or of a qio-nbd record file",
+    optstring="l:",
+    flags=NOFILE_OK,
+    help=MISMATCHES_HELP,
     qio_only=True,
 )
 def mismatches_f(s: Session, argv: list[str]) -> int:
-    s.r.mismatches(s.mismatches.entries)
+    path: str | None = None
+    opts = s.options(argv)
+    for c, arg in opts:
+        if c == "l":
+            path = arg
+    if opts.operands:
+        s.usage()
+        return -errno.EINVAL
+    if path is None:
+        s.r.mismatches(s.mismatches.entries)
+        return 0
+    from qio.nbd.mismatch import MismatchLogError, load_mismatch_records
+
+    try:
+        records = load_mismatch_records(path)
+    except MismatchLogError as exc:
+        s.r.message(f"mismatches: {exc}")
+        return -exc.errno
+    s.r.mismatch_log(path, records)
     return 0
 
 
@@ -184,4 +219,41 @@ def graph_f(s: Session, argv: list[str]) -> int:
         s.usage()
         return -errno.EINVAL
     s.r.graph(graph(s.require_blk().root), short)
+    return 0
+
+
+LOCATE_HELP = (
+    "\n shows where a guest offset really lives, layer by layer\n\n Example:\n"
+    " 'locate 12352' - follows the byte at offset 12352 down the graph\n\n"
+    " For each layer: the offset it saw and what it did with it.  qcow2 shows the L1 and\n"
+    " L2 entries it used, the (sub)cluster type and the host offset and refcount of the\n"
+    " data, or that the read goes to the backing image or reads as zeros; raw shows its\n"
+    " offset shift; blkverify follows both children; a file node names the host byte and\n"
+    " whether the host file system has it allocated.  Nothing is written.\n\n"
+)
+
+
+@command(
+    name="locate",
+    argmin=1,
+    argmax=1,
+    args="off",
+    oneline="shows where a guest offset lives in every layer (L1/L2 entries, host offset)",
+    help=LOCATE_HELP,
+    qio_only=True,
+)
+def locate_f(s: Session, argv: list[str]) -> int:
+    from qio.block.locate import locate
+
+    offset = s.number(argv[1])
+    root = s.require_blk().root
+    if offset >= root.getlength():
+        s.r.message(f"locate failed: offset {offset} is past the end of the image ({root.getlength()})")
+        return -errno.EINVAL
+    try:
+        step = scheduler.run_sync(locate(root, offset))
+    except BlockError as exc:
+        s.r.message(f"locate failed: {exc}")
+        return -exc.errno
+    s.r.locate(step)
     return 0

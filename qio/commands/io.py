@@ -15,9 +15,11 @@ import os
 import time
 from dataclasses import dataclass
 
+from qio.block import hostio
 from qio.block.coroutine import Task, scheduler
 from qio.block.mismatch import BlkverifyMismatch
 from qio.block.node import ReqFlags
+from qio.block.payload import RepeatedBytes, WriteData
 from qio.commands.table import command
 from qio.errors import BlockError
 from qio.numbers import REQUEST_MAX_BYTES, parse_pattern
@@ -25,6 +27,7 @@ from qio.results import PatternMismatch, TransferReport
 from qio.session import CommandAbort, Session
 
 CHUNK = 4 << 20  # bytes moved per step of a streamed request
+RETAIN_MIN = 1 << 20  # reads from this size keep freed buffers for reuse (hostio)
 DUMP_BUFFER_LIMIT = 64 << 20  # -v output is held back (as qemu-io does) up to this size
 _AB_CHUNK = b"\xab" * CHUNK
 _AB_VIEW = memoryview(_AB_CHUNK)
@@ -155,6 +158,8 @@ async def _read_request(
     vmstate: bool,
 ) -> ReadOutcome:
     blk = s.require_blk()
+    if count >= RETAIN_MIN:
+        hostio.retain_freed_memory()
     if keep or count <= CHUNK or vmstate:  # (the VM state is read as one request)
         buf = bytearray(_AB_CHUNK[:count]) if count <= CHUNK else bytearray(b"\xab") * count
         view = memoryview(buf)
@@ -374,18 +379,23 @@ class FillSource:
     def __init__(self, pattern: int = 0xCD, period: bytes | None = None) -> None:
         self.pattern = pattern
         self.period = period
+        self._repeated: RepeatedBytes | None = None
 
-    def chunk(self, pos: int, n: int) -> memoryview:
-        if self.period is None:
-            if n == CHUNK:
-                return memoryview(_pattern_chunk(self.pattern))
-            # (write -c and -b send the whole request at once, which may exceed a chunk)
-            return memoryview(bytes([self.pattern]) * n)
-        p = len(self.period)
-        phase = pos % p
-        reps = (phase + n) // p + 1
-        data = (self.period * reps)[phase : phase + n]
-        return memoryview(data)
+    def chunk(self, pos: int, n: int) -> WriteData:
+        """Request bytes [pos, pos+n): a view of a prebuilt chunk up to CHUNK bytes, a
+        RepeatedBytes beyond (one request of any length in bounded memory)."""
+        if self.period is None and n <= CHUNK:
+            if n < CHUNK:  # (building a small buffer is cheaper than caching a chunk)
+                return memoryview(bytes((self.pattern,)) * n)
+            return memoryview(_pattern_chunk(self.pattern))
+        if self._repeated is None:
+            if self.period is None:
+                block = _pattern_chunk(self.pattern)
+                self._repeated = RepeatedBytes(block, 1, len(block))
+            else:
+                self._repeated = RepeatedBytes.of(self.period, len(self.period))
+        data = RepeatedBytes(self._repeated.block, self._repeated.period, n, pos)
+        return data if n > CHUNK else memoryview(bytes(data))
 
 
 _pattern_cache: dict[int, bytes] = {}
@@ -500,15 +510,16 @@ def write_f(s: Session, argv: list[str]) -> int:
     if bflag and zflag:
         s.r.message("-b and -z cannot be specified at the same time")
         return -errno.EINVAL
-    if flags & ReqFlags.FUA and (bflag or cflag):
-        s.r.message("-f and -b or -c cannot be specified at the same time")
-        return -errno.EINVAL
-    if flags & ReqFlags.NO_FALLBACK and not zflag:
-        s.r.message("-n requires -z to be specified")
-        return -errno.EINVAL
-    if flags & ReqFlags.MAY_UNMAP and not zflag:
-        s.r.message("-u requires -z to be specified")
-        return -errno.EINVAL
+    if flags:  # (flag enum arithmetic is slow; most writes have none)
+        if flags & ReqFlags.FUA and (bflag or cflag):
+            s.r.message("-f and -b or -c cannot be specified at the same time")
+            return -errno.EINVAL
+        if flags & ReqFlags.NO_FALLBACK and not zflag:
+            s.r.message("-n requires -z to be specified")
+            return -errno.EINVAL
+        if flags & ReqFlags.MAY_UNMAP and not zflag:
+            s.r.message("-u requires -z to be specified")
+            return -errno.EINVAL
     if zflag + pflag + sflag > 1:
         s.r.message("Only one of -z, -P, and -s can be specified at the same time")
         return -errno.EINVAL
@@ -750,7 +761,7 @@ def aio_write_f(s: Session, argv: list[str]) -> int:
 
     else:
         count = iovec_total(s, operands[1:])
-        data = memoryview(bytes([pattern]) * count)
+        data = FillSource(pattern).chunk(0, count)
         t1 = now()
 
         async def request() -> None:

@@ -62,6 +62,7 @@ class OpenSpec:
     no_backing: bool = False
     cache: str = "writeback"  # qemu-img's BDRV_DEFAULT_CACHE
     quiet: bool = False
+    no_io: bool = False  # BDRV_O_NO_IO: metadata only (qemu-img info)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -98,6 +99,7 @@ def open_image(spec: OpenSpec) -> OpenedImage:
     flags.read_write = spec.read_write
     flags.force_share = spec.force_share
     flags.no_backing = spec.no_backing
+    flags.no_io = spec.no_io
     flags.direct, flags.no_flush, _ = CACHE_MODES[spec.cache]
     if spec.image_opts:
         text = spec.filename

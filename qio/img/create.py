@@ -228,11 +228,11 @@ def _parse_value(desc: OptDesc, text: str) -> int | bool | str:
         if number is None:
             raise OptionError(f"Parameter '{desc.name}' expects a number")
         if number > UINT64_MAX:
-            raise OptionError(f"Value '{text}' is out of range for parameter '{desc.name}'")
+            raise OptionError(f"Value '{text}' is too large for parameter '{desc.name}'")
         return number
     if desc.kind == "size":
         try:
-            return parse_size(text).value
+            parsed = parse_size(text)
         except NumberError as exc:
             if exc.code == errno.ERANGE:
                 raise OptionError(
@@ -243,7 +243,14 @@ def _parse_value(desc: OptDesc, text: str) -> int | bool | str:
                 "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
                 "and exabytes, respectively."
             ) from None
+        if parsed.hex_with_suffix:
+            _hex_warning(text)
+        return parsed.value
     return text
+
+
+def _hex_warning(text: str) -> None:
+    error(f"warning: Using a multiplier suffix on hex numbers is deprecated: {text}")
 
 
 def option_pairs(text: str) -> list[tuple[str, str]]:
@@ -422,6 +429,7 @@ def _do_create(
     if not quiet:
         sys.stdout.write(f"Formatting '{filename}', fmt={fmt} {opts.describe()}\n")
         sys.stdout.flush()
+    _reparse_warnings(fmt, opts)
     try:
         if fmt in ("raw", "file"):
             _create_raw(filename, protocol, opts, image_size)
@@ -452,6 +460,7 @@ def _open_backing(filename: str, backing_file: str, backing_fmt: str | None) -> 
     flags = OpenFlags()
     flags.read_write = False
     flags.force_share = True
+    flags.no_io = True
     options = Options()
     if backing_fmt is not None:
         options.set("driver", backing_fmt)
@@ -472,10 +481,51 @@ def _open_backing(filename: str, backing_file: str, backing_fmt: str | None) -> 
 
 
 def _file_prealloc(opts: CreateOptions) -> str:
-    prealloc = opts.text("preallocation") or "off"
+    prealloc = _text_or(opts, "preallocation", "off")
     if prealloc not in FILE_PREALLOC_MODES:
         raise OpenError(f"invalid parameter value: {prealloc}")
     return prealloc
+
+
+def _text_or(opts: CreateOptions, name: str, default: str) -> str:
+    text = opts.text(name)
+    return default if text is None else text
+
+
+def _reparse_warnings(fmt: str, opts: CreateOptions) -> None:
+    """QEMU parses size options a second time on the way to the driver (the format's QAPI
+    visitor, the protocol's option list rebuilt from a QDict), repeating the warning about
+    hexadecimal sizes with a suffix.  ``-f file`` is created directly: no second parse."""
+    from qio.block.options import qdict_order
+
+    if fmt == "file":
+        return
+    latest: dict[str, str] = {}
+    for opt in opts.values:
+        if opt.desc.kind == "size":
+            latest[opt.desc.name] = opt.text
+    hexed = {n: t for n, t in latest.items() if _is_hex_with_suffix(t)}
+    if fmt == "raw":
+        for name in qdict_order(list(latest)):
+            if name in hexed:
+                _hex_warning(hexed[name])
+        return
+    qcow2_names = {d.name for d in QCOW2_OPTS}
+    protocol_files = 2 if opts.text("data_file") is not None else 1
+    for _ in range(protocol_files):
+        for name in qdict_order(list(latest)):
+            if name in hexed and name not in qcow2_names:
+                _hex_warning(hexed[name])
+    for name in ("size", "cluster_size"):  # BlockdevCreateOptionsQcow2 field order
+        if name in hexed:
+            _hex_warning(hexed[name])
+
+
+def _is_hex_with_suffix(text: str) -> bool:
+    try:
+        return parse_size(text).hex_with_suffix
+    except NumberError:
+        return False
 
 
 def _extent_size_hint(opts: CreateOptions) -> int | None:
@@ -528,10 +578,10 @@ def _create_qcow2(filename: str, opts: CreateOptions, size: int) -> None:
         version=version,
         cluster_size=opts.number("cluster_size", 65536),
         extended_l2=opts.flag("extended_l2"),
-        preallocation=opts.text("preallocation") or "off",
+        preallocation=_text_or(opts, "preallocation", "off"),
         lazy_refcounts=opts.flag("lazy_refcounts"),
         refcount_bits=opts.number("refcount_bits", 16),
-        compression_type=opts.text("compression_type") or "zlib",
+        compression_type=_text_or(opts, "compression_type", "zlib"),
         backing_file=opts.text("backing_file"),
         backing_fmt=opts.text("backing_fmt"),
         data_file=opts.text("data_file"),

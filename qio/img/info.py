@@ -156,7 +156,9 @@ def collect_image_info_list(
         if name in seen:
             raise ImgError(f"Backing file '{name}' creates an infinite loop.")
         seen.add(name)
-        spec = OpenSpec(name, fmt, image_opts, no_backing=True, force_share=force_share)
+        spec = OpenSpec(
+            name, fmt, image_opts, no_backing=True, force_share=force_share, no_io=True
+        )
         image = open_image(spec)
         try:
             info = query_image_info(image.root)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from typing import NoReturn
 
 from qio.img.common import PROGRAM, ImgError, report, usage_error
 
@@ -164,7 +165,7 @@ def help_text() -> str:
         "    '-h', '--help'       display this help and exit\n"
         "    '-V', '--version'    output version information and exit\n"
         "    '-T', '--trace'      [[enable=]<pattern>][,events=<file>][,file=<file>]\n"
-        "                         specify tracing options (accepted and ignored by qio)\n"
+        "                         specify tracing options (checked; qio has no trace events)\n"
         "\n"
         "Command syntax:\n"
         f"{syntax}"
@@ -178,6 +179,35 @@ def help_text() -> str:
     )
 
 
+def _global_option(c: str) -> int:
+    sys.stdout.write(help_text() if c == "h" else _version())
+    return 0
+
+
+class _TraceFailed(Exception):
+    """A -T problem, already reported (its messages carry their own location prefix)."""
+
+
+def _trace_failure(exc: Exception) -> NoReturn:
+    for line in getattr(exc, "warnings", []):
+        sys.stderr.write(f"{PROGRAM}{line}\n")
+    sys.stderr.write(f"{PROGRAM}{getattr(exc, 'message', exc)}\n")
+    raise _TraceFailed from None
+
+
+def _trace(text: str, log: str | None) -> str | None:
+    """-T/--trace: checked and warned about as QEMU does; qio has no trace events."""
+    from qio.trace_option import TraceOptionError, parse_trace_option
+
+    try:
+        request = parse_trace_option(text)
+    except TraceOptionError as exc:
+        _trace_failure(exc)
+    for line in request.warnings:
+        sys.stderr.write(f"{PROGRAM}{line}\n")
+    return request.log_file if request.log_file is not None else log
+
+
 def _available() -> list[str]:
     return [name for name, module in SUBCOMMANDS.items() if importlib.util.find_spec(module)]
 
@@ -188,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         return _main(args)
     except ImgError as exc:
         return report(exc)
+    except _TraceFailed:
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -199,26 +231,70 @@ def main(argv: list[str] | None = None) -> int:
             pass
 
 
+_GLOBAL_LONGOPTS = ("help", "version", "trace")
+
+
 def _main(args: list[str]) -> int:
-    # qemu-img parses its global options with getopt "+:hVT:" before the command name.
-    while args and args[0].startswith("-") and args[0] != "-":
-        opt = args.pop(0)
-        if opt in ("-h", "--help"):
-            sys.stdout.write(help_text())
-            return 0
-        if opt in ("-V", "--version"):
-            sys.stdout.write(_version())
-            return 0
-        if opt == "--":
-            break
-        if opt.startswith("-T"):
-            # --trace / -T: accepted (QEMU's trace events) and ignored, as qio has no tracer
-            if opt == "-T" and args:
-                args.pop(0)
-            continue
-        raise usage_error(f"unrecognized option '{opt}'")
+    # qemu-img parses its global options with getopt_long "+:hVT:" (help, version, trace)
+    # and stops at the command name.
     if not args:
         raise usage_error("Not enough arguments")
+    trace_log: str | None = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            break
+        i += 1
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            matches = [o for o in _GLOBAL_LONGOPTS if o.startswith(name)]
+            if not matches:
+                raise usage_error(f"unrecognized option '{arg}'")
+            option = matches[0]
+            if option != "trace":
+                if eq:
+                    raise usage_error(f"unrecognized option '{arg}'")
+                return _global_option(option[0].replace("v", "V"))
+            if not eq:
+                if i >= len(args):
+                    raise usage_error(f"missing argument for option '{arg}'")
+                value = args[i]
+                i += 1
+            trace_log = _trace(value, trace_log)
+            continue
+        j = 1
+        while j < len(arg):
+            c = arg[j]
+            j += 1
+            if c in "hV":
+                return _global_option(c)
+            if c != "T":
+                # glibc names the whole word only once it has read its last character
+                shown = arg if j == len(arg) else args[i - 2] if i >= 2 else PROGRAM
+                raise usage_error(f"unrecognized option '{shown}'")
+            if j < len(arg):
+                value = arg[j:]
+            elif i < len(args):
+                value = args[i]
+                i += 1
+            else:
+                raise usage_error(f"missing argument for option '{arg}'")
+            trace_log = _trace(value, trace_log)
+            break
+    args = args[i:]
+    if not args:
+        return 0  # only options: qemu-img ends quietly
+    if trace_log is not None:
+        from qio.trace_option import TraceOptionError, open_log_file
+
+        try:
+            open_log_file(trace_log)
+        except TraceOptionError as exc:
+            _trace_failure(exc)
     name = args[0]
     module_name = SUBCOMMANDS.get(name)
     if module_name is None or importlib.util.find_spec(module_name) is None:

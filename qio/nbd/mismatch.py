@@ -5,7 +5,7 @@ whatever client) keeps running, and the mismatch is evidence to keep.  ``Mismatc
 
 * writes one line on stderr naming the request, the first differing offset and its sector;
 * appends one JSON object per mismatch to a log file (``--mismatch-log``), which
-  ``load_mismatch_log`` reads back as ``Mismatch`` records (for qio's ``mismatches`` command);
+  ``load_mismatch_records`` reads back (qio's ``mismatches -l FILE`` lists them);
 * answers the driver with the policy: ``"raw"`` (the client gets the trusted raw child's data,
   the default) or ``"error"`` (the read fails with EIO).
 
@@ -17,6 +17,7 @@ record and an EIO for the client, and keeps serving.
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import sys
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from qio.results import Mismatch
+from qio.results import LoggedMismatch, Mismatch
 
 ACTIONS = ("raw", "error")
 
@@ -114,35 +115,56 @@ class MismatchRecorder:
 
 
 class MismatchLogError(Exception):
-    pass
+    """A record file that cannot be read (``errno``) or holds something else."""
+
+    def __init__(self, message: str, errno_value: int = errno.EINVAL) -> None:
+        super().__init__(message)
+        self.errno = errno_value
 
 
-def load_mismatch_log(path: str) -> list[Mismatch]:
-    """The ``Mismatch`` records of a ``--mismatch-log`` file (for the ``mismatches`` command)."""
-    records: list[Mismatch] = []
+def load_mismatch_records(path: str) -> list[LoggedMismatch]:
+    """The entries of a ``--mismatch-log`` file, each with its export, client, time and action
+    (for qio's ``mismatches -l``)."""
+    records: list[LoggedMismatch] = []
     try:
         with open(path, encoding="utf-8") as log:
             lines = log.readlines()
     except OSError as exc:
-        raise MismatchLogError(f"Could not open '{path}': {exc.strerror}") from None
+        raise MismatchLogError(
+            f"Could not open '{path}': {exc.strerror}", exc.errno or errno.EIO
+        ) from None
+    except UnicodeDecodeError:
+        raise MismatchLogError(f"{path}: not a mismatch record file") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
+            mismatch = Mismatch(
+                op=str(entry["op"]),
+                request_offset=int(entry["request_offset"]),
+                request_bytes=int(entry["request_bytes"]),
+                offset=None if entry.get("offset") is None else int(entry["offset"]),
+                test_ret=int(entry.get("test_ret", 0)),
+                raw_ret=int(entry.get("raw_ret", 0)),
+                raw_bytes=bytes.fromhex(entry.get("raw_bytes", "")),
+                test_bytes=bytes.fromhex(entry.get("test_bytes", "")),
+                window_offset=int(entry.get("window_offset", 0)),
+            )
             records.append(
-                Mismatch(
-                    op=str(entry["op"]),
-                    request_offset=int(entry["request_offset"]),
-                    request_bytes=int(entry["request_bytes"]),
-                    offset=None if entry.get("offset") is None else int(entry["offset"]),
-                    test_ret=int(entry.get("test_ret", 0)),
-                    raw_ret=int(entry.get("raw_ret", 0)),
-                    raw_bytes=bytes.fromhex(entry.get("raw_bytes", "")),
-                    test_bytes=bytes.fromhex(entry.get("test_bytes", "")),
-                    window_offset=int(entry.get("window_offset", 0)),
+                LoggedMismatch(
+                    mismatch,
+                    time=str(entry.get("time", "")),
+                    export=str(entry.get("export", "")),
+                    client=str(entry.get("client", "")),
+                    action=str(entry.get("action", "")),
                 )
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise MismatchLogError(f"{path}:{number}: not a mismatch record") from None
     return records
+
+
+def load_mismatch_log(path: str) -> list[Mismatch]:
+    """The ``Mismatch`` records of a ``--mismatch-log`` file."""
+    return [r.mismatch for r in load_mismatch_records(path)]

@@ -15,6 +15,8 @@ from qio.results import (
     DiffResult,
     GraphNode,
     InfoResult,
+    LocateStep,
+    LoggedMismatch,
     MapRun,
     Mismatch,
     PatternMismatch,
@@ -46,6 +48,32 @@ class Progress:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def numbered_mismatch(number: int, m: Mismatch) -> str:
+    """One line of ``mismatches``: qemu-io's blkverify line and the sector it names."""
+    where = "" if m.offset is None else f" (sector {m.sector})"
+    return f"{number}: {m.qemu_line()}{where}"
+
+
+def mismatch_count(count: int) -> str:
+    return f"{count} mismatch{'es' if count != 1 else ''}" if count else "none"
+
+
+MISMATCH_OUTCOMES = {"raw": "the client got the raw data", "error": "the client got EIO"}
+
+
+def mismatch_origin(logged: LoggedMismatch) -> str:
+    """Where a recorded mismatch came from: qio-nbd's export and client, when, and what the
+    client was answered."""
+    parts = [f"qio-nbd export '{logged.export}'"]
+    if logged.client:
+        parts.append(f"client {logged.client}")
+    if logged.time:
+        parts.append(logged.time)
+    text = ", ".join(parts)
+    outcome = MISMATCH_OUTCOMES.get(logged.action)
+    return f"{text}: {outcome}" if outcome else text
 
 
 def dump_specific(fields: list[tuple[str, Any]], indent: int) -> str:
@@ -175,10 +203,16 @@ class PlainRenderer:
 
     def mismatches(self, entries: list[Mismatch]) -> None:
         for number, m in enumerate(entries, 1):
-            where = "" if m.offset is None else f" (sector {m.sector})"
-            self.message(f"{number}: {m.qemu_line()}{where}")
-        count = f"{len(entries)} mismatch{'es' if len(entries) != 1 else ''}"
-        self.message(f"mismatches: {count if entries else 'none'} recorded in this session")
+            self.message(numbered_mismatch(number, m))
+        self.message(f"mismatches: {mismatch_count(len(entries))} recorded in this session")
+
+    def mismatch_log(self, path: str, entries: list[LoggedMismatch]) -> None:
+        """``mismatches -l FILE``: a qio-nbd record file, listed like the session's mismatches,
+        each entry followed by where it came from."""
+        for number, logged in enumerate(entries, 1):
+            self.message(numbered_mismatch(number, logged.mismatch))
+            self.message(f"   {mismatch_origin(logged)}")
+        self.message(f"mismatches: {mismatch_count(len(entries))} recorded in {path}")
 
     def verify(self, r: VerifyResult, quiet: bool) -> None:
         if not quiet and r.extents:
@@ -202,6 +236,9 @@ class PlainRenderer:
             self.message(one_line(tree))
             return
         self.out("".join(graph_lines(tree)))
+
+    def locate(self, step: LocateStep) -> None:
+        self.out("".join(locate_lines(step)))
 
 
 # -- diff ----------------------------------------------------------------------------------
@@ -288,4 +325,24 @@ def graph_lines(tree: GraphNode) -> list[str]:
             walk(child, prefix + ("    " if last else "│   "))
 
     walk(tree, "")
+    return out
+
+
+def locate_lines(step: LocateStep) -> list[str]:
+    """Each layer on one line (driver, what it opened, the offset it saw), its decisions
+    indented under it, children below with their role, as ``graph`` draws the tree."""
+    out: list[str] = []
+
+    def walk(node: LocateStep, prefix: str, head: str) -> None:
+        name = f" {node.filename}" if node.filename and not node.children else ""
+        out.append(f"{head}{node.driver}{name} @ {node.offset} (0x{node.offset:x})\n")
+        body = prefix + ("│   " if node.children else "    ")
+        for fact in node.facts:
+            out.append(f"{body}{fact}\n")
+        for index, child in enumerate(node.children):
+            last = index == len(node.children) - 1
+            walk(child, prefix + ("    " if last else "│   "),
+                 f"{prefix}{'└── ' if last else '├── '}{child.role}: ")
+
+    walk(step, "", "")
     return out

@@ -39,8 +39,22 @@ from qio.numbers import cvtstr
 from qio.output import Console
 from qio.render.colordump import ColorDump, byte_style
 from qio.render.hexdump import ASCII_TABLE
-from qio.render.plain import PlainRenderer, Progress, dump_specific
-from qio.results import InfoResult, MapRun, Mismatch, PatternMismatch, VerifyResult
+from qio.render.plain import (
+    PlainRenderer,
+    Progress,
+    dump_specific,
+    mismatch_count,
+    mismatch_origin,
+    numbered_mismatch,
+)
+from qio.results import (
+    InfoResult,
+    LoggedMismatch,
+    MapRun,
+    Mismatch,
+    PatternMismatch,
+    VerifyResult,
+)
 
 if TYPE_CHECKING:
     from qio.commands.table import Command
@@ -319,6 +333,17 @@ class TerminalRenderer(PlainRenderer):
             self.err(view)
         else:
             self.out(view)
+
+    def mismatch_log(self, path: str, entries: list[LoggedMismatch]) -> None:
+        """A record file on a terminal: each entry as it would have been shown live (the line,
+        where it came from, the raw and test bytes side by side), then the count."""
+        for number, logged in enumerate(entries, 1):
+            self.message(numbered_mismatch(number, logged.mismatch))
+            self.message(f"   {mismatch_origin(logged)}")
+            m = logged.mismatch
+            if m.offset is None or m.raw_bytes or m.test_bytes:
+                self.out(self.render(self.mismatch_view(m)))
+        self.message(f"mismatches: {mismatch_count(len(entries))} recorded in {path}")
 
     def mismatch_view(self, m: Mismatch) -> RenderableType:
         title = Text()

@@ -37,6 +37,7 @@ from qio.block.drivers.blkdebug_config import (
 from qio.block.node import BlockNode, BlockStatus, ReqFlags
 from qio.block.open import open_child
 from qio.block.options import Options, qdict_order, to_size
+from qio.block.payload import WriteData
 from qio.errors import BlockError, OpenError
 
 INT_MAX = (1 << 31) - 1
@@ -191,7 +192,7 @@ class BlkdebugNode(BlockNode):
         if await self._rule_check(offset, len(buf), "read"):
             await self.file.preadv(offset, buf, flags)
 
-    async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+    async def drv_pwritev(self, offset: int, data: WriteData, flags: ReqFlags) -> None:
         assert self.file is not None
         if await self._rule_check(offset, len(data), "write"):
             await self.file.pwritev(offset, data, flags)

@@ -32,10 +32,12 @@ from qio.block.mismatch import BlkverifyExit, BlkverifyMismatch
 from qio.block.node import BlockNode, ReqFlags
 from qio.block.open import open_child
 from qio.block.options import Options
+from qio.block.payload import WriteData
 from qio.errors import BlockError, OpenError
 from qio.results import Mismatch
 
 MISMATCH_MODES = ("exit", "report")
+SCRATCH_LIMIT = 4 << 20  # largest raw-side read buffer kept for the next request
 WINDOW = 64  # bytes of each child kept around a content mismatch (for terminal views)
 
 
@@ -47,6 +49,7 @@ class BlkverifyNode(BlockNode):
     raw: BlockNode
     test: BlockNode
     report_mismatches = False
+    _scratch: bytearray | None = None
 
     @classmethod
     def parse_filename(cls, filename: str, options: Options) -> None:
@@ -91,9 +94,29 @@ class BlkverifyNode(BlockNode):
 
     # -- requests ---------------------------------------------------------------------------
     async def drv_preadv(self, offset: int, buf: memoryview, flags: ReqFlags) -> None:
-        raw_buf = memoryview(bytearray(len(buf)))
+        # The raw child's copy goes into a buffer kept between requests of the same size
+        # (a streamed read's chunks), so its pages are not faulted in again every time.
+        scratch = self._scratch
+        if scratch is None or len(scratch) != len(buf):
+            scratch = bytearray(len(buf))
+        self._scratch = None  # in use (another request may run while this one waits)
+        raw_buf = memoryview(scratch)
         test_error = await _outcome(self.test.preadv(offset, buf, flags))
         raw_error = await _outcome(self.raw.preadv(offset, raw_buf, flags))
+        try:
+            self._check_read(offset, buf, raw_buf, test_error, raw_error)
+        finally:
+            if len(scratch) <= SCRATCH_LIMIT:
+                self._scratch = scratch
+
+    def _check_read(
+        self,
+        offset: int,
+        buf: memoryview,
+        raw_buf: memoryview,
+        test_error: BlockError | None,
+        raw_error: BlockError | None,
+    ) -> None:
         error = self._settle("read", offset, len(buf), test_error, raw_error)
         if error is not None:
             raise error  # when both failed alike, their buffers mean nothing
@@ -116,7 +139,7 @@ class BlkverifyNode(BlockNode):
             self._fail(mismatch)
             buf[:] = raw_buf  # a handler chose the trusted copy
 
-    async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+    async def drv_pwritev(self, offset: int, data: WriteData, flags: ReqFlags) -> None:
         test_error = await _outcome(self.test.pwritev(offset, data, flags))
         raw_error = await _outcome(self.raw.pwritev(offset, data, flags))
         error = self._settle("write", offset, len(data), test_error, raw_error)

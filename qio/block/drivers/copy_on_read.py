@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from qio.block.node import BlockNode, BlockStatus, ReqFlags
 from qio.block.options import Options
+from qio.block.payload import WriteData
 from qio.errors import OpenError
 
 
@@ -77,7 +78,7 @@ class CopyOnReadNode(BlockNode):
             node = node.backing
         return False, length
 
-    async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+    async def drv_pwritev(self, offset: int, data: WriteData, flags: ReqFlags) -> None:
         assert self.file is not None
         await self.file.pwritev(offset, data, flags)
 

@@ -17,6 +17,7 @@ from qio.block import hostio
 from qio.block.coroutine import COST_FLUSH, COST_PER_MIB, COST_READ, COST_WRITE, scheduler
 from qio.block.node import SECTOR, BlockNode, BlockStatus, DriverInfo, ReqFlags, zero_fill
 from qio.block.options import Options
+from qio.block.payload import WriteData, iovecs
 from qio.errors import BlockError, OpenError
 
 _MIB = float(1 << 20)
@@ -116,12 +117,15 @@ class FileNode(BlockNode):
             raise BlockError(exc.errno or errno.EIO) from None
         await scheduler.io(COST_READ + length / _MIB * COST_PER_MIB)
 
-    async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+    async def drv_pwritev(self, offset: int, data: WriteData, flags: ReqFlags) -> None:
         length = len(data)
         done = 0
         try:
+            # One pwritev for the request (repeated data: iovecs pointing at one block), a
+            # loop only for what a short write left.
+            done = os.pwritev(self.fd, iovecs(data), offset)
             while done < length:
-                done += os.pwritev(self.fd, [data[done:]], offset + done)
+                done += os.pwritev(self.fd, iovecs(data[done:]), offset + done)
         except OSError as exc:
             await scheduler.io(COST_WRITE)
             raise BlockError(exc.errno or errno.EIO) from None

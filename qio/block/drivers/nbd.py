@@ -23,6 +23,7 @@ import errno
 from qio.block.coroutine import COST_FLUSH, COST_PER_MIB, COST_READ, COST_WRITE, scheduler
 from qio.block.node import SECTOR, BlockNode, BlockStatus, DriverInfo, ReqFlags, zero_fill
 from qio.block.options import Options
+from qio.block.payload import WriteData
 from qio.errors import BlockError, OpenError
 from qio.nbd import address as nbd_address
 from qio.nbd import protocol as p
@@ -119,7 +120,7 @@ class NbdNode(BlockNode):
         except RequestError as exc:
             raise BlockError(exc.errno) from None
 
-    async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+    async def drv_pwritev(self, offset: int, data: WriteData, flags: ReqFlags) -> None:
         conn = self._connection()
         scheduler.charge(COST_WRITE + len(data) / _MIB * COST_PER_MIB)
         fua = bool(flags & ReqFlags.FUA) and bool(conn.info.flags & p.FLAG_SEND_FUA)

@@ -13,6 +13,7 @@ import time
 from qio.block.coroutine import scheduler
 from qio.block.node import BlockNode, BlockStatus, ReqFlags, zero_fill
 from qio.block.options import Options
+from qio.block.payload import WriteData
 from qio.errors import BlockError, OpenError
 
 
@@ -57,7 +58,7 @@ class NullCoNode(BlockNode):
         if self.read_zeroes:
             zero_fill(buf)
 
-    async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+    async def drv_pwritev(self, offset: int, data: WriteData, flags: ReqFlags) -> None:
         await self._delay()
 
     # No zero-write or discard hooks, as in QEMU: zero writes fall back to writing a zero

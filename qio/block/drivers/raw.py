@@ -13,6 +13,7 @@ import errno
 from qio.block import probe
 from qio.block.node import SECTOR, BlockNode, BlockStatus, DriverInfo, ReqFlags
 from qio.block.options import Options
+from qio.block.payload import WriteData
 from qio.errors import BlockError, OpenError
 
 
@@ -97,7 +98,7 @@ class RawNode(BlockNode):
         await self.file.fire("read_aio")
         await self.file.preadv(self._window(offset, len(buf)), buf, flags)
 
-    async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+    async def drv_pwritev(self, offset: int, data: WriteData, flags: ReqFlags) -> None:
         assert self.file is not None
         if self.probed and offset < SECTOR and len(data):
             # The request is sector-aligned here (request_alignment), so data[:512] is the

@@ -453,6 +453,50 @@ class ClusterMap:
         run = min((index - l2_index) << cluster_bits, needed)
         return HostRun(SC_NORMAL, run - in_cluster, host + in_cluster)
 
+    def lookup_copied(self, offset: int, length: int) -> int | None:
+        """The host offset for writing guest [offset, offset+length) in place, when the whole
+        range is in standard clusters that are already allocated for this image (COPIED, one
+        contiguous host run, one cached L2 table) and no allocation is in flight.
+
+        That is the case where alloc_host_offset finds no dependency, ``_handle_copied``
+        takes all of it and no copy-on-write metadata is needed; the answer is the same
+        (and the L2 table is counted as used once, as it would be).  Anything else returns
+        None and takes the general path.
+        """
+        if self.in_flight or self.extended or self.node.has_data_file:
+            return None
+        cluster_bits = self.cluster_bits
+        l1_index = offset >> (self.l2_bits + cluster_bits)
+        if l1_index >= len(self.l1_table):
+            return None
+        l1_entry = self.l1_table[l1_index]
+        l2_offset = l1_entry & L1E_OFFSET_MASK
+        cluster_size = self.cluster_size
+        if not l1_entry & OFLAG_COPIED or not l2_offset or l2_offset & (cluster_size - 1):
+            return None
+        l2_index = (offset >> cluster_bits) & (self.l2_entries - 1)
+        in_cluster = offset & (cluster_size - 1)
+        nb = (in_cluster + length + cluster_size - 1) >> cluster_bits
+        if l2_index + nb > self.l2_entries or nb > REQUEST_MAX_BYTES >> cluster_bits:
+            return None
+        table = self.node.l2_cache.hit(l2_offset)
+        if table is None:
+            return None
+        words = table.words
+        assert words is not None
+        entry = words[l2_index]
+        host = entry & L2E_OFFSET_MASK
+        flags = OFLAG_COPIED | OFLAG_COMPRESSED | OFLAG_ZERO
+        if entry & flags != OFLAG_COPIED or not host or host & (cluster_size - 1):
+            return None
+        expected = host
+        for index in range(l2_index + 1, l2_index + nb):
+            expected += cluster_size
+            entry = words[index]
+            if entry & flags != OFLAG_COPIED or entry & L2E_OFFSET_MASK != expected:
+                return None
+        return host + in_cluster
+
     def _count_contiguous(
         self, nb_clusters: int, sc_index: int, table: Table, l2_index: int
     ) -> int:

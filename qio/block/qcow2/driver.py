@@ -19,6 +19,7 @@ from qio.block.coroutine import COST_READ, COST_WRITE, CoMutex, scheduler
 from qio.block.node import BlockNode, BlockStatus, DriverInfo, ReqFlags, SpecificInfo, zero_fill
 from qio.block.open import open_child
 from qio.block.options import Options
+from qio.block.payload import WriteData
 from qio.block.qcow2 import compress as codec
 from qio.block.qcow2.bitmaps import PersistentBitmaps
 from qio.block.qcow2.cache import TableCache
@@ -339,6 +340,14 @@ class Qcow2Node(BlockNode):
 
     async def _open_data_file(self, options: Options) -> None:
         h = self.header
+        if self.flags.no_io:
+            # QEMU does not open the data file for a metadata-only open, so qemu-img info
+            # can inspect an untrusted image without touching the files it names.
+            options.extract("data-file")
+            options.pop("data-file")
+            assert self.file is not None
+            self.data_file = self.file
+            return
         child = await open_child(
             self.context, None, options, "data-file", self.flags, allow_none=True
         )
@@ -627,7 +636,7 @@ class Qcow2Node(BlockNode):
     # =====================================================================================
     # Writing
     # =====================================================================================
-    async def drv_pwritev(self, offset: int, data: memoryview, flags: ReqFlags) -> None:
+    async def drv_pwritev(self, offset: int, data: WriteData, flags: ReqFlags) -> None:
         if self.context.offline:
             raise BlockError(errno.ENOMEDIUM)
         pos = 0
@@ -637,12 +646,17 @@ class Qcow2Node(BlockNode):
         # is still being written, so its L2 entries are linked (and the clusters it replaces
         # freed) only after the later allocations were made.  Deferring the link step to
         # when the pool is full or the request ends reproduces QEMU's cluster placement.
-        pending: list[tuple[memoryview, list[L2Meta], L2Meta | None]] = []
+        pending: list[tuple[WriteData, list[L2Meta], L2Meta | None]] = []
         error: BlockError | None = None
         while pos < total:
             await self.lock.acquire()
             try:
-                host, n, metas = await self.map.alloc_host_offset(offset + pos, total - pos)
+                # Overwriting clusters already allocated in place: no allocation machinery.
+                host_in_place = self.map.lookup_copied(offset + pos, total - pos)
+                if host_in_place is not None:
+                    host, n, metas = host_in_place, total - pos, []
+                else:
+                    host, n, metas = await self.map.alloc_host_offset(offset + pos, total - pos)
                 try:
                     await self.check_metadata_write(host, n, "data")
                 except BlockError:
@@ -675,7 +689,7 @@ class Qcow2Node(BlockNode):
             raise error or later  # type: ignore[misc]
 
     async def _link_tasks(
-        self, pending: list[tuple[memoryview, list[L2Meta], L2Meta | None]]
+        self, pending: list[tuple[WriteData, list[L2Meta], L2Meta | None]]
     ) -> BlockError | None:
         """Finish the queued tasks as QEMU's completion handler does: newest first."""
         first: BlockError | None = None
@@ -688,7 +702,7 @@ class Qcow2Node(BlockNode):
         return first
 
     async def _write_data(
-        self, host: int, offset: int, data: memoryview, metas: list[L2Meta], flags: ReqFlags
+        self, host: int, offset: int, data: WriteData, metas: list[L2Meta], flags: ReqFlags
     ) -> L2Meta | None:
         """The data part of qcow2_co_pwritev_task (unless it goes out with the COW)."""
         try:
@@ -696,7 +710,7 @@ class Qcow2Node(BlockNode):
             merged = self._merge_cow(offset, len(data), metas)
             if merged is None:
                 await self.fire("write_aio")
-                await self.data_file.pwritev(host, data, flags & ReqFlags.FUA)
+                await self.data_file.pwritev(host, data, flags and flags & ReqFlags.FUA)
         except BlockError:
             await self.lock.acquire()
             for meta in metas:
@@ -706,9 +720,7 @@ class Qcow2Node(BlockNode):
             raise
         return merged
 
-    async def _link_task(
-        self, data: memoryview, metas: list[L2Meta], merged: L2Meta | None
-    ) -> None:
+    async def _link_task(self, data: WriteData, metas: list[L2Meta], merged: L2Meta | None) -> None:
         """The rest of the task: copy-on-write, then point the L2 entries at the data."""
         await self.lock.acquire()
         try:
@@ -785,7 +797,7 @@ class Qcow2Node(BlockNode):
             return meta
         return None
 
-    async def _perform_cow(self, meta: L2Meta, data: memoryview | None) -> None:
+    async def _perform_cow(self, meta: L2Meta, data: WriteData | None) -> None:
         """Copy the untouched parts of newly allocated (sub)clusters; write them (with the
         guest data when it could be merged into one write)."""
         start, end = meta.cow_start, meta.cow_end

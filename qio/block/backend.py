@@ -145,8 +145,11 @@ class BlockBackend:
     async def close(self) -> None:
         # bdrv_close flushes an opened graph first (its result ignored): what a
         # cache=writeback run wrote reaches the disk when qemu-io closes the image or exits.
-        try:
-            await self.root.flush()
-        except BlockError:
-            pass
+        # A graph taken offline (fatal qcow2 corruption: QEMU sets bs->drv = NULL) is not
+        # flushed: nothing more may reach the image.
+        if not self.context.offline:
+            try:
+                await self.root.flush()
+            except BlockError:
+                pass
         await self.root.close()

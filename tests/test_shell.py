@@ -27,6 +27,17 @@ from qio.shell.toolbar import graph_summary, toolbar_text
 from tests.capture import capture_console, err_text, mask_timing, out_text, qio_env
 from tests.shell_fixtures import open_session, raw_image
 
+
+@pytest.fixture(autouse=True)
+def python_sigint_handler():  # type: ignore[no-untyped-def]
+    """Python's own SIGINT handler during each test, even when the suite itself was started
+    with SIGINT ignored (as a background job is): the Ctrl-C tests check that the shell puts
+    back exactly the handler it found."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 ENTER = "\r"
 CTRL_C = "\x03"
 CTRL_D = "\x04"

@@ -65,6 +65,7 @@ class OpenFlags:
     force_share: bool = False
     no_backing: bool = False
     aio: str = "threads"
+    check: bool = False  # BDRV_O_CHECK: opened to be checked or repaired (qemu-img check)
 
     def copy(self) -> OpenFlags:
         return OpenFlags(**self.__dict__)

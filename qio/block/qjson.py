@@ -465,3 +465,89 @@ def _mod_utf8_decode(raw: bytes, i: int) -> tuple[int, int]:
     if overlong or cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF or _noncharacter(cp):
         return -1, length
     return cp, length
+
+
+# -- output ------------------------------------------------------------------------------------
+def to_json_pretty(value: Any) -> str:
+    """QEMU's qobject_to_json_pretty.  A dict stands for a QDict built by inserting its keys
+    in order (the order a QAPI visitor fills it); QDict iterates by hash bucket, and so does
+    the output."""
+    out: list[str] = []
+    _to_json(value, out, 0)
+    return "".join(out)
+
+
+def _newline(out: list[str], indent: int) -> None:
+    out.append("\n" + "    " * indent)
+
+
+def _to_json(value: Any, out: list[str], indent: int) -> None:
+    from qio.block.options import qdict_order
+
+    if isinstance(value, bool):
+        out.append("true" if value else "false")
+    elif value is None:
+        out.append("null")
+    elif isinstance(value, int):
+        out.append(str(value))
+    elif isinstance(value, float):
+        out.append(repr(value))
+    elif isinstance(value, str):
+        out.append(_quote(value))
+    elif isinstance(value, dict):
+        out.append("{")
+        sep = ""
+        for key in qdict_order(list(value)):
+            out.append(sep)
+            _newline(out, indent + 1)
+            out.append(_quote(key) + ": ")
+            _to_json(value[key], out, indent + 1)
+            sep = ","
+        _newline(out, indent)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        sep = ""
+        for item in value:
+            out.append(sep)
+            _newline(out, indent + 1)
+            _to_json(item, out, indent + 1)
+            sep = ","
+        _newline(out, indent)
+        out.append("]")
+    else:
+        raise TypeError(f"cannot express {type(value).__name__} in JSON")
+
+
+_ESCAPES = {
+    0x22: '\\"',
+    0x5C: "\\\\",
+    0x08: "\\b",
+    0x0C: "\\f",
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: "\\t",
+}
+
+
+def _quote(text: str) -> str:
+    raw = text.encode("utf-8", "surrogateescape")
+    parts = ['"']
+    i = 0
+    while i < len(raw):
+        cp, n = _mod_utf8_decode(raw, i)
+        i += n
+        if cp in _ESCAPES:
+            parts.append(_ESCAPES[cp])
+            continue
+        if cp < 0:
+            cp = 0xFFFD  # replacement character
+        if cp > 0xFFFF:
+            cp -= 0x10000
+            parts.append("\\u%04X\\u%04X" % (0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF)))
+        elif cp < 0x20 or cp >= 0x7F:
+            parts.append("\\u%04X" % cp)
+        else:
+            parts.append(chr(cp))
+    parts.append('"')
+    return "".join(parts)

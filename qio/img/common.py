@@ -55,6 +55,7 @@ class OpenSpec:
     force_share: bool = False
     no_backing: bool = False
     cache: str = "writeback"  # qemu-img's BDRV_DEFAULT_CACHE
+    check: bool = False  # BDRV_O_CHECK (qemu-img check)
     quiet: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -90,6 +91,7 @@ def open_image(spec: OpenSpec) -> OpenedImage:
     flags.read_write = spec.read_write
     flags.force_share = spec.force_share
     flags.no_backing = spec.no_backing
+    flags.check = spec.check
     flags.direct, flags.no_flush, _ = CACHE_MODES[spec.cache]
     if spec.image_opts:
         options = parse_option_string(spec.filename)

@@ -200,7 +200,7 @@ class Qcow2Node(BlockNode):
                 # Features we do not know cannot be kept consistent: clear their bits.
                 h.autoclear_features &= AUTOCLEAR_KNOWN
                 await self.update_header()
-            if h.incompatible_features & INCOMPAT_DIRTY:
+            if h.incompatible_features & INCOMPAT_DIRTY and not self.flags.check:
                 await self._repair_dirty()
         self.options.update({"file": file.node_name})
 
@@ -231,7 +231,11 @@ class Qcow2Node(BlockNode):
             raise OpenError(
                 f"Unsupported qcow2 feature(s): {_unsupported_features(h, unknown)}", errno.ENOTSUP
             )
-        if h.incompatible_features & INCOMPAT_CORRUPT and self.flags.read_write:
+        if (
+            h.incompatible_features & INCOMPAT_CORRUPT
+            and self.flags.read_write
+            and not self.flags.check  # a corrupt image may be opened to be repaired
+        ):
             raise OpenError("qcow2: Image is corrupt; cannot be opened read/write", errno.EACCES)
         if h.extended_l2 and h.cluster_bits - 5 < 9:
             raise OpenError(f"Unsupported subcluster size: {1 << (h.cluster_bits - 5)}")
@@ -398,12 +402,8 @@ class Qcow2Node(BlockNode):
         return result
 
     async def _repair_dirty(self) -> None:
-        try:
-            from qio.block.qcow2.check import repair_dirty_image
-        except ImportError:
-            raise OpenError(
-                "Could not repair dirty image: qcow2 repair is not available", errno.EIO
-            ) from None
+        from qio.block.qcow2.check import repair_dirty_image
+
         await repair_dirty_image(self)
 
     # =====================================================================================

@@ -335,8 +335,8 @@ class BlockNode:
     # =====================================================================================
     async def preadv(self, offset: int, buf: memoryview, flags: ReqFlags = ReqFlags.NONE) -> None:
         length = len(buf)
-        if offset < 0:
-            raise BlockError(errno.EIO)
+        if offset < 0 or offset > MAX_LENGTH or length > MAX_LENGTH - offset:
+            raise BlockError(errno.EIO)  # bdrv_check_request
         if length == 0:
             # QEMU passes an aligned zero-length read down to the driver (a real, if empty,
             # host I/O); only an unaligned one is dropped here.

@@ -1,0 +1,522 @@
+"""qio-img check against qemu-img check: clean images of many shapes, and a corpus of qcow2
+images damaged by editing bytes (leaks, refcounts too low or too high, L2 entries past the end
+of the file, misaligned tables, overlapping metadata, wrong COPIED flags).
+
+For every image both tools check a copy: stdout, stderr and the exit status must be equal.
+Then both repair a copy each (``-r leaks``, ``-r all``): again equal output, equal files, and
+the image qio-img repaired must be clean for qemu-img check.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+QEMU_IMG = shutil.which("qemu-img")
+QEMU_IO = shutil.which("qemu-io")
+
+pytestmark = [
+    pytest.mark.oracle,
+    pytest.mark.skipif(QEMU_IMG is None or QEMU_IO is None, reason="qemu-img/qemu-io missing"),
+]
+
+COPIED = 1 << 63
+COMPRESSED = 1 << 62
+OFFSET_MASK = 0x00FFFFFFFFFFFE00
+
+
+# -- building images ---------------------------------------------------------------------------
+def qemu_img(*args: str, cwd: Path) -> None:
+    subprocess.run([QEMU_IMG, *args], cwd=cwd, check=True, capture_output=True)
+
+
+def qemu_io(path: Path, *commands: str, extra: tuple[str, ...] = ()) -> None:
+    args = [QEMU_IO, *extra]
+    for command in commands:
+        args += ["-c", command]
+    subprocess.run([*args, str(path)], check=True, capture_output=True)
+
+
+class Image:
+    """Byte-level access to a qcow2 file (version 2 or 3, standard L2 entries)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data = bytearray(path.read_bytes())
+
+    def save(self) -> None:
+        self.path.write_bytes(self.data)
+
+    def u64(self, offset: int) -> int:
+        return struct.unpack_from(">Q", self.data, offset)[0]
+
+    def put64(self, offset: int, value: int) -> None:
+        struct.pack_into(">Q", self.data, offset, value)
+
+    @property
+    def cluster_bits(self) -> int:
+        return struct.unpack_from(">I", self.data, 20)[0]
+
+    @property
+    def cluster_size(self) -> int:
+        return 1 << self.cluster_bits
+
+    @property
+    def l1_offset(self) -> int:
+        return self.u64(40)
+
+    @property
+    def reftable_offset(self) -> int:
+        return self.u64(48)
+
+    @property
+    def refcount_bits(self) -> int:
+        version = struct.unpack_from(">I", self.data, 4)[0]
+        return 16 if version == 2 else 1 << struct.unpack_from(">I", self.data, 96)[0]
+
+    def l1_entry_at(self, index: int) -> int:
+        return self.l1_offset + 8 * index
+
+    def l2_entry_at(self, guest: int) -> int:
+        """File offset of the L2 entry mapping guest offset ``guest``."""
+        cb = self.cluster_bits
+        l2_bits = cb - 3
+        l1 = self.u64(self.l1_entry_at(guest >> (cb + l2_bits)))
+        return (l1 & OFFSET_MASK) + 8 * ((guest >> cb) & ((1 << l2_bits) - 1))
+
+    def host_cluster(self, guest: int) -> int:
+        return (self.u64(self.l2_entry_at(guest)) & OFFSET_MASK) >> self.cluster_bits
+
+    def refcount_at(self, cluster: int) -> int:
+        """File offset of the (16-bit) refcount entry of host cluster ``cluster``."""
+        assert self.refcount_bits == 16
+        per_block = self.cluster_size * 8 // 16
+        block = self.u64(self.reftable_offset + 8 * (cluster // per_block)) & OFFSET_MASK
+        return block + 2 * (cluster % per_block)
+
+    def set_refcount(self, cluster: int, value: int) -> None:
+        struct.pack_into(">H", self.data, self.refcount_at(cluster), value)
+
+
+def base_image(directory: Path, name: str, *commands: str, opts: str = "", size: str = "1M") -> Path:
+    path = directory / name
+    args = ["create", "-f", "qcow2"]
+    if opts:
+        args += ["-o", opts]
+    qemu_img(*args, name, size, cwd=directory)
+    if commands:
+        qemu_io(path, *commands)
+    return path
+
+
+# -- the corpus -------------------------------------------------------------------------------------
+Maker = Callable[[Path], Path]
+CORPUS: dict[str, Maker] = {}
+
+
+def case(name: str) -> Callable[[Maker], Maker]:
+    def register(maker: Maker) -> Maker:
+        CORPUS[name] = maker
+        return maker
+
+    return register
+
+
+TWO_CLUSTERS = ("write -P 1 0 64k", "write -P 2 128k 64k")
+
+
+@case("clean-64k")
+def _clean(d: Path) -> Path:
+    return base_image(d, "img.qcow2", *TWO_CLUSTERS)
+
+
+@case("clean-empty")
+def _empty(d: Path) -> Path:
+    return base_image(d, "img.qcow2")
+
+
+@case("clean-512b-clusters")
+def _small(d: Path) -> Path:
+    return base_image(
+        d, "img.qcow2", "write 0 3k", "write 100k 1k", "write 900k 20k", opts="cluster_size=512"
+    )
+
+
+@case("clean-2m-clusters")
+def _big(d: Path) -> Path:
+    return base_image(d, "img.qcow2", "write 0 64k", "write 5M 1M", opts="cluster_size=2M", size="8M")
+
+
+@case("clean-4k-fragmented")
+def _frag(d: Path) -> Path:
+    return base_image(
+        d, "img.qcow2", "write 64k 4k", "write 0 4k", "write 8k 4k", "write 4k 4k",
+        opts="cluster_size=4k",
+    )
+
+
+@case("clean-compressed")
+def _compressed(d: Path) -> Path:
+    return base_image(d, "img.qcow2", "write -c -P 3 0 64k", "write -c -P 4 64k 64k", "write 256k 64k")
+
+
+@case("clean-zero-clusters")
+def _zero(d: Path) -> Path:
+    return base_image(d, "img.qcow2", "write 0 128k", "write -z 0 64k", "write -z -u 64k 64k")
+
+
+@case("clean-v2")
+def _v2(d: Path) -> Path:
+    return base_image(d, "img.qcow2", *TWO_CLUSTERS, opts="compat=0.10")
+
+
+@case("clean-extended-l2")
+def _extl2(d: Path) -> Path:
+    return base_image(
+        d, "img.qcow2", "write 0 4k", "write 64k 64k", "write -z 200k 8k",
+        opts="extended_l2=on",
+    )
+
+
+@case("clean-refcount-bits-1")
+def _rc1(d: Path) -> Path:
+    return base_image(d, "img.qcow2", *TWO_CLUSTERS, opts="refcount_bits=1")
+
+
+@case("clean-snapshots")
+def _snapshots(d: Path) -> Path:
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    qemu_img("snapshot", "-c", "one", "img.qcow2", cwd=d)
+    qemu_io(path, "write -P 5 0 4k", "write 512k 64k")
+    qemu_img("snapshot", "-c", "two", "img.qcow2", cwd=d)
+    qemu_io(path, "write -P 6 128k 4k")
+    return path
+
+
+@case("clean-backing")
+def _backing(d: Path) -> Path:
+    base_image(d, "base.qcow2", "write -P 7 0 1M")
+    qemu_img("create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "img.qcow2", cwd=d)
+    path = d / "img.qcow2"
+    qemu_io(path, "write -P 8 64k 4k")
+    return path
+
+
+@case("leak")
+def _leak(d: Path) -> Path:
+    """The L2 entry of a data cluster cleared: the cluster leaks."""
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    img.put64(img.l2_entry_at(128 << 10), 0)
+    img.save()
+    return path
+
+
+@case("refcount-zero")
+def _refcount_zero(d: Path) -> Path:
+    """A used data cluster with refcount 0: corruption, rebuilt by -r all."""
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    img.set_refcount(img.host_cluster(0), 0)
+    img.save()
+    return path
+
+
+@case("refcount-too-high")
+def _refcount_high(d: Path) -> Path:
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    img.set_refcount(img.host_cluster(128 << 10), 3)
+    img.save()
+    return path
+
+
+@case("refcount-too-low")
+def _refcount_low(d: Path) -> Path:
+    """A cluster shared by a snapshot (refcount 2) counted only once."""
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    qemu_img("snapshot", "-c", "snap", "img.qcow2", cwd=d)
+    img = Image(path)
+    img.set_refcount(img.host_cluster(0), 1)
+    img.save()
+    return path
+
+
+@case("shared-data-cluster")
+def _shared(d: Path) -> Path:
+    """Two L2 entries pointing at one cluster (the other one leaks)."""
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    img.put64(img.l2_entry_at(128 << 10), img.u64(img.l2_entry_at(0)))
+    img.save()
+    return path
+
+
+@case("l2-entry-past-eof")
+def _past_eof(d: Path) -> Path:
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    img.put64(img.l2_entry_at(128 << 10), COPIED | (64 << 20))
+    img.save()
+    return path
+
+
+@case("l2-entry-just-past-eof")
+def _just_past_eof(d: Path) -> Path:
+    """Pointing at the cluster that starts at the end of the file."""
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    img.put64(img.l2_entry_at(256 << 10), COPIED | len(img.data))
+    img.save()
+    return path
+
+
+@case("l2-entry-misaligned")
+def _misaligned_data(d: Path) -> Path:
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    at = img.l2_entry_at(0)
+    img.put64(at, img.u64(at) + 512)
+    img.save()
+    return path
+
+
+@case("l2-zero-entry-misaligned")
+def _misaligned_prealloc(d: Path) -> Path:
+    """A preallocated zero cluster at a misaligned offset: -r all makes it a plain zero."""
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    at = img.l2_entry_at(0)
+    img.put64(at, (img.u64(at) + 512) | 1)
+    img.save()
+    return path
+
+
+@case("l2-table-misaligned")
+def _misaligned_l2(d: Path) -> Path:
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    at = img.l1_entry_at(0)
+    img.put64(at, img.u64(at) + 512)
+    img.save()
+    return path
+
+
+@case("l1-overlaps-reftable")
+def _l1_on_reftable(d: Path) -> Path:
+    """The header's L1 table offset pointed at the refcount table."""
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    img.put64(40, img.reftable_offset)
+    img.save()
+    return path
+
+
+@case("reftable-overlaps-l1")
+def _reftable_on_l1(d: Path) -> Path:
+    """The refcount table pointed at the L1 table's cluster."""
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    struct.pack_into(">Q", img.data, 48, img.l1_offset)
+    img.save()
+    return path
+
+
+@case("l2-copied-flag-clear")
+def _copied_l2(d: Path) -> Path:
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    at = img.l2_entry_at(0)
+    img.put64(at, img.u64(at) & ~COPIED)
+    img.save()
+    return path
+
+
+@case("l1-copied-flag-clear")
+def _copied_l1(d: Path) -> Path:
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    at = img.l1_entry_at(0)
+    img.put64(at, img.u64(at) & ~COPIED)
+    img.save()
+    return path
+
+
+@case("copied-flag-on-shared")
+def _copied_shared(d: Path) -> Path:
+    """COPIED set on a cluster a snapshot shares."""
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    qemu_img("snapshot", "-c", "snap", "img.qcow2", cwd=d)
+    img = Image(path)
+    at = img.l2_entry_at(128 << 10)
+    img.put64(at, img.u64(at) | COPIED)
+    img.save()
+    return path
+
+
+@case("compressed-with-copied")
+def _compressed_copied(d: Path) -> Path:
+    path = base_image(d, "img.qcow2", "write -c -P 3 0 64k")
+    img = Image(path)
+    at = img.l2_entry_at(0)
+    img.put64(at, img.u64(at) | COPIED)
+    img.save()
+    return path
+
+
+@case("l2-reserved-bits")
+def _reserved(d: Path) -> Path:
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    at = img.l2_entry_at(0)
+    img.put64(at, img.u64(at) | 0x100)
+    at = img.l1_entry_at(0)
+    img.put64(at, img.u64(at) | 0x2)
+    img.save()
+    return path
+
+
+@case("refblock-misaligned")
+def _refblock_misaligned(d: Path) -> Path:
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    at = img.reftable_offset + 8
+    img.put64(at, img.u64(img.reftable_offset) + 4096)
+    img.save()
+    return path
+
+
+@case("refblock-outside-image")
+def _refblock_outside(d: Path) -> Path:
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    img.put64(img.reftable_offset + 8, len(img.data) + (256 << 10))
+    img.save()
+    return path
+
+
+@case("refblock-refcount-2")
+def _refblock_shared(d: Path) -> Path:
+    """An L2 entry pointing at the refcount block."""
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    img.put64(img.l2_entry_at(0), COPIED | img.u64(img.reftable_offset))
+    img.save()
+    return path
+
+
+@case("dirty-lazy-refcounts")
+def _dirty(d: Path) -> Path:
+    """A crash with lazy refcounts: the dirty bit is set and refcounts are behind."""
+    path = base_image(d, "img.qcow2", "write 0 64k", opts="lazy_refcounts=on")
+    proc = subprocess.run(
+        [QEMU_IO, "-c", "write -P 9 128k 128k", "-c", "abort", str(path)], capture_output=True
+    )
+    assert proc.returncode != 0
+    return path
+
+
+@case("corrupt-bit-and-leak")
+def _corrupt_bit(d: Path) -> Path:
+    path = _leak(d)
+    img = Image(path)
+    img.put64(72, img.u64(72) | 2)
+    img.save()
+    return path
+
+
+# -- running both tools ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Run:
+    stdout: str
+    stderr: str
+    status: int
+
+
+def run_tool(tool: str, args: list[str], cwd: Path) -> Run:
+    if tool == "qemu":
+        command = [QEMU_IMG, *args]
+    else:
+        command = [sys.executable, "-m", "qio.img", *args]
+    env = dict(os.environ, LC_ALL="C", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, timeout=60)
+    stderr = proc.stderr.decode().replace("qio-img", "qemu-img")
+    return Run(proc.stdout.decode(), stderr, proc.returncode)
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    shutil.copytree(source, target)
+
+
+@dataclass
+class Comparison:
+    qemu: Run
+    qio: Run
+    qemu_files: dict[str, bytes]
+    qio_files: dict[str, bytes]
+    qemu_after: Run | None = None  # qemu-img check of the image qio-img repaired
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def compare(work: Path, name: str, args: list[str]) -> Comparison:
+    source = work / name / "src"
+    tag = "_".join(a.strip("-") for a in args) or "check"
+    qemu_dir, qio_dir = work / name / f"qemu_{tag}", work / name / f"qio_{tag}"
+    _copy_tree(source, qemu_dir)
+    _copy_tree(source, qio_dir)
+    qemu = run_tool("qemu", ["check", *args, "img.qcow2"], qemu_dir)
+    qio = run_tool("qio", ["check", *args, "img.qcow2"], qio_dir)
+    comparison = Comparison(qemu, qio, _files(qemu_dir), _files(qio_dir))
+    if args and args[0] == "-r":
+        comparison.qemu_after = run_tool("qemu", ["check", "img.qcow2"], qio_dir)
+    return comparison
+
+
+MODES: list[list[str]] = [[], ["--output=json"], ["-r", "leaks"], ["-r", "all"]]
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], Comparison]:
+    work = tmp_path_factory.mktemp("img_check")
+    for name, maker in CORPUS.items():
+        (work / name / "src").mkdir(parents=True)
+        maker(work / name / "src")
+    jobs = [(name, i) for name in CORPUS for i in range(len(MODES))]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = pool.map(lambda job: compare(work, job[0], MODES[job[1]]), jobs)
+        return dict(zip(jobs, results, strict=True))
+
+
+@pytest.mark.parametrize("mode", range(len(MODES)), ids=["check", "json", "r-leaks", "r-all"])
+@pytest.mark.parametrize("name", list(CORPUS))
+def test_same_as_qemu_img(outcomes: dict[tuple[str, int], Comparison], name: str, mode: int) -> None:
+    c = outcomes[(name, mode)]
+    assert c.qio.stderr == c.qemu.stderr
+    assert c.qio.stdout == c.qemu.stdout
+    assert c.qio.status == c.qemu.status
+
+
+@pytest.mark.parametrize("mode", [2, 3], ids=["r-leaks", "r-all"])
+@pytest.mark.parametrize("name", list(CORPUS))
+def test_repair_like_qemu_img(
+    outcomes: dict[tuple[str, int], Comparison], name: str, mode: int
+) -> None:
+    c = outcomes[(name, mode)]
+    assert c.qio_files.keys() == c.qemu_files.keys()
+    for file_name, data in c.qemu_files.items():
+        assert c.qio_files[file_name] == data, f"{file_name} differs after repair"
+    if c.qemu.status == 0:
+        assert c.qemu_after is not None and c.qemu_after.status == 0, c.qemu_after

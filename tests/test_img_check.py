@@ -10,18 +10,19 @@ the image qio-img repaired must be clean for qemu-img check.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 QEMU_IMG = shutil.which("qemu-img")
 QEMU_IO = shutil.which("qemu-io")
 
@@ -108,7 +109,9 @@ class Image:
         struct.pack_into(">H", self.data, self.refcount_at(cluster), value)
 
 
-def base_image(directory: Path, name: str, *commands: str, opts: str = "", size: str = "1M") -> Path:
+def base_image(
+    directory: Path, name: str, *commands: str, opts: str = "", size: str = "1M"
+) -> Path:
     path = directory / name
     args = ["create", "-f", "qcow2"]
     if opts:
@@ -154,20 +157,29 @@ def _small(d: Path) -> Path:
 
 @case("clean-2m-clusters")
 def _big(d: Path) -> Path:
-    return base_image(d, "img.qcow2", "write 0 64k", "write 5M 1M", opts="cluster_size=2M", size="8M")
+    return base_image(
+        d, "img.qcow2", "write 0 64k", "write 5M 1M", opts="cluster_size=2M", size="8M"
+    )
 
 
 @case("clean-4k-fragmented")
 def _frag(d: Path) -> Path:
     return base_image(
-        d, "img.qcow2", "write 64k 4k", "write 0 4k", "write 8k 4k", "write 4k 4k",
+        d,
+        "img.qcow2",
+        "write 64k 4k",
+        "write 0 4k",
+        "write 8k 4k",
+        "write 4k 4k",
         opts="cluster_size=4k",
     )
 
 
 @case("clean-compressed")
 def _compressed(d: Path) -> Path:
-    return base_image(d, "img.qcow2", "write -c -P 3 0 64k", "write -c -P 4 64k 64k", "write 256k 64k")
+    return base_image(
+        d, "img.qcow2", "write -c -P 3 0 64k", "write -c -P 4 64k 64k", "write 256k 64k"
+    )
 
 
 @case("clean-zero-clusters")
@@ -183,7 +195,11 @@ def _v2(d: Path) -> Path:
 @case("clean-extended-l2")
 def _extl2(d: Path) -> Path:
     return base_image(
-        d, "img.qcow2", "write 0 4k", "write 64k 64k", "write -z 200k 8k",
+        d,
+        "img.qcow2",
+        "write 0 4k",
+        "write 64k 64k",
+        "write -z 200k 8k",
         opts="extended_l2=on",
     )
 
@@ -443,15 +459,55 @@ class Run:
     status: int
 
 
+class ForkedQioImg:
+    """qio-img in a child forked from this process, which imported it once: the same as a
+    fresh ``python -m qio.img`` without the interpreter start and imports on every run."""
+
+    def __init__(self) -> None:
+        import qio.block.qcow2.check  # noqa: F401 - preload what every run needs
+        import qio.block.qcow2.driver  # noqa: F401
+        import qio.img.check  # noqa: F401
+        import qio.img.main
+
+        self.main = qio.img.main.main
+
+    def run(self, args: list[str], cwd: Path) -> Run:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            pid = os.fork()
+            if pid == 0:  # the child: become "qio-img ARGS" in CWD and never return
+                status = 1
+                try:
+                    os.chdir(cwd)
+                    os.dup2(out.fileno(), 1)
+                    os.dup2(err.fileno(), 2)
+                    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+                    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+                    signal.alarm(60)
+                    status = self.main(args)
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(status)
+            _, wait_status = os.waitpid(pid, 0)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read().decode(), err.read().decode()
+        return Run(
+            stdout, stderr.replace("qio-img", "qemu-img"), os.waitstatus_to_exitcode(wait_status)
+        )
+
+
+_forked: ForkedQioImg | None = None
+
+
 def run_tool(tool: str, args: list[str], cwd: Path) -> Run:
-    if tool == "qemu":
-        command = [QEMU_IMG, *args]
-    else:
-        command = [sys.executable, "-m", "qio.img", *args]
-    env = dict(os.environ, LC_ALL="C", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, timeout=60)
-    stderr = proc.stderr.decode().replace("qio-img", "qemu-img")
-    return Run(proc.stdout.decode(), stderr, proc.returncode)
+    global _forked
+    if tool == "qio":
+        if _forked is None:
+            _forked = ForkedQioImg()
+        return _forked.run(args, cwd)
+    proc = subprocess.run([QEMU_IMG, *args], cwd=cwd, capture_output=True, timeout=60)
+    return Run(proc.stdout.decode(), proc.stderr.decode(), proc.returncode)
 
 
 def _copy_tree(source: Path, target: Path) -> None:
@@ -494,15 +550,16 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], 
     for name, maker in CORPUS.items():
         (work / name / "src").mkdir(parents=True)
         maker(work / name / "src")
-    jobs = [(name, i) for name in CORPUS for i in range(len(MODES))]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = pool.map(lambda job: compare(work, job[0], MODES[job[1]]), jobs)
-        return dict(zip(jobs, results, strict=True))
+    # one after the other: qio-img runs in forked children, and forking a process with
+    # threads is not safe
+    return {(name, i): compare(work, name, MODES[i]) for name in CORPUS for i in range(len(MODES))}
 
 
 @pytest.mark.parametrize("mode", range(len(MODES)), ids=["check", "json", "r-leaks", "r-all"])
 @pytest.mark.parametrize("name", list(CORPUS))
-def test_same_as_qemu_img(outcomes: dict[tuple[str, int], Comparison], name: str, mode: int) -> None:
+def test_same_as_qemu_img(
+    outcomes: dict[tuple[str, int], Comparison], name: str, mode: int
+) -> None:
     c = outcomes[(name, mode)]
     assert c.qio.stderr == c.qemu.stderr
     assert c.qio.stdout == c.qemu.stdout
@@ -520,3 +577,54 @@ def test_repair_like_qemu_img(
         assert c.qio_files[file_name] == data, f"{file_name} differs after repair"
     if c.qemu.status == 0:
         assert c.qemu_after is not None and c.qemu_after.status == 0, c.qemu_after
+
+
+# -- qemu-io on dirty images: repaired when opened read-write ------------------------------------
+def _set_dirty(path: Path) -> Path:
+    img = Image(path)
+    img.put64(72, img.u64(72) | 1)
+    img.save()
+    return path
+
+
+DIRTY: dict[str, Maker] = {
+    "crash": _dirty,
+    "leak": lambda d: _set_dirty(_leak(d)),
+    "refcount-zero": lambda d: _set_dirty(_refcount_zero(d)),
+    "copied-flag": lambda d: _set_dirty(_copied_l2(d)),
+    "unrepairable": lambda d: _set_dirty(_reftable_on_l1(d)),
+}
+IO_RUNS: list[list[str]] = [
+    ["-c", "read -q 0 512"],
+    ["-c", "write -P 5 768k 64k", "-c", "write -P 6 64k 4k", "-c", "read -P 0 300k 4k"],
+    ["-r", "-c", "read -q 0 512"],
+]
+
+
+def run_io(tool: str, args: list[str], cwd: Path) -> Run:
+    if tool == "qemu":
+        command = [QEMU_IO, *args]
+    else:
+        command = [sys.executable, "-m", "qio", *args]
+    env = dict(os.environ, LC_ALL="C", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, timeout=60)
+    masked = [
+        re.sub(r"^(qemu-io|qio): ", "PROG: ", re.sub(r"; [0-9:.]+ sec .*$", "", line))
+        for line in (proc.stdout + proc.stderr).decode().splitlines()
+    ]
+    return Run("\n".join(masked), "", proc.returncode)
+
+
+@pytest.mark.parametrize("run", range(len(IO_RUNS)), ids=["read", "write", "read-only"])
+@pytest.mark.parametrize("name", list(DIRTY))
+def test_dirty_image_open(tmp_path: Path, name: str, run: int) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    DIRTY[name](source)
+    results = {}
+    for tool in ("qemu", "qio"):
+        shutil.copytree(source, tmp_path / tool)
+        outcome = run_io(tool, [*IO_RUNS[run], "img.qcow2"], tmp_path / tool)
+        results[tool] = (outcome, (tmp_path / tool / "img.qcow2").read_bytes())
+    assert results["qio"][0] == results["qemu"][0]
+    assert results["qio"][1] == results["qemu"][1]

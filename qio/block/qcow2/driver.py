@@ -203,6 +203,7 @@ class Qcow2Node(BlockNode):
             if h.incompatible_features & INCOMPAT_DIRTY and not self.flags.check:
                 await self._repair_dirty()
         self.options.update({"file": file.node_name})
+        self.open_complete = True
 
     async def _read_header(self, file: BlockNode) -> None:
         head = bytearray(min(1 << 21, max(4096, file.getlength())))
@@ -1180,8 +1181,12 @@ class Qcow2Node(BlockNode):
         return zero
 
     async def drv_close(self) -> None:
-        if not self.flags.read_write or self.context.offline or not hasattr(self, "refblock_cache"):
-            return  # read-only, taken offline, or the open failed before caches existed
+        if (
+            not self.flags.read_write
+            or self.context.offline
+            or not getattr(self, "open_complete", False)
+        ):
+            return  # read-only, taken offline, or the open failed: nothing is written back
         errors: list[str] = []
         try:
             await self.bitmaps.store()

@@ -40,6 +40,13 @@ from qio.block.qcow2.layout import (
     refcount_set,
 )
 from qio.block.qcow2.refcount import DISCARD_ALWAYS, Retry
+from qio.block.qcow2.snapshot_table import (
+    MAX_SNAPSHOTS,
+    Snapshot,
+    SnapshotTableError,
+    read_table,
+    write_table,
+)
 from qio.errors import BlockError, OpenError
 from qio.numbers import hexc
 
@@ -51,7 +58,6 @@ FIX_ERRORS = 2  # BDRV_FIX_ERRORS
 CHECK_FRAG_INFO = 2
 REFT_RESERVED_MASK = 0x1FF
 BME_TABLE_ENTRY_RESERVED_MASK = 0xFF000000000001FE
-_SNAPSHOT_HEADER = struct.Struct(">QIHHIIQII")
 
 
 @dataclass
@@ -99,19 +105,14 @@ class _Failed(Exception):
         self.errno = err
 
 
-@dataclass
-class _Snapshot:
-    id_str: str
-    name: str
-    l1_offset: int
-    l1_size: int
-
-
 class _Checker:
     """One qcow2_check_refcounts run."""
 
-    def __init__(self, node: Qcow2Node, res: CheckResult, fix: int) -> None:
+    def __init__(
+        self, node: Qcow2Node, res: CheckResult, fix: int, snapshots: list[Snapshot]
+    ) -> None:
         self.node = node
+        self.snapshots = snapshots
         self.res = res
         self.fix = fix
         self.cs = node.cluster_size
@@ -330,28 +331,6 @@ class _Checker:
             await self.check_l2(l2_offset, flags, active)
 
     # -- the other metadata ----------------------------------------------------------------------
-    async def _snapshots(self) -> list[_Snapshot]:
-        """The snapshot table entries (the driver validated the table when it opened)."""
-        node = self.node
-        h = node.header
-        result: list[_Snapshot] = []
-        if not h.nb_snapshots:
-            return result
-        raw = await self._read(h.snapshots_offset, node.snapshot_table_bytes)
-        pos = 0
-        for _ in range(h.nb_snapshots):
-            pos = -(-pos // 8) * 8
-            l1_offset, l1_size, id_len, name_len, *_rest, extra = _SNAPSHOT_HEADER.unpack_from(
-                raw, pos
-            )
-            pos += _SNAPSHOT_HEADER.size + extra
-            id_str = bytes(raw[pos : pos + id_len]).decode("utf-8", "replace")
-            pos += id_len
-            name = bytes(raw[pos : pos + name_len]).decode("utf-8", "replace")
-            pos += name_len
-            result.append(_Snapshot(id_str, name, l1_offset, l1_size))
-        return result
-
     async def check_bitmaps(self) -> None:
         """qcow2_check_bitmaps_refcounts."""
         bitmaps = self.node.bitmaps
@@ -447,17 +426,18 @@ class _Checker:
         if node.has_data_file and h.nb_snapshots:
             self.err(f"ERROR {h.nb_snapshots} snapshots in image with data file")
             self.res.corruptions += 1
-        for sn in await self._snapshots():
+        for sn in self.snapshots:
+            names = f"{_text(sn.id_str)} ({_text(sn.name)})"
             if sn.l1_offset & (self.cs - 1):
                 self.err(
-                    f"ERROR snapshot {sn.id_str} ({sn.name}) l1_offset={hexc(sn.l1_offset)}: "
+                    f"ERROR snapshot {names} l1_offset={hexc(sn.l1_offset)}: "
                     "L1 table is not cluster aligned; snapshot table entry corrupted"
                 )
                 self.res.corruptions += 1
                 continue
             if sn.l1_size > MAX_L1_BYTES // 8:
                 self.err(
-                    f"ERROR snapshot {sn.id_str} ({sn.name}) l1_size={hexc(sn.l1_size)}: "
+                    f"ERROR snapshot {names} l1_size={hexc(sn.l1_size)}: "
                     "L1 table is too large; snapshot table entry corrupted"
                 )
                 self.res.corruptions += 1
@@ -782,16 +762,135 @@ class _RebuildError(Exception):
 
 
 # -- entry points ------------------------------------------------------------------------------------
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+async def _check_read_snapshot_table(node: Qcow2Node, res: CheckResult, fix: int) -> list[Snapshot]:
+    """qcow2_check_read_snapshot_table: read the table again from what the header says,
+    dropping (with FIX_ERRORS) what cannot be kept.  Raises _Failed."""
+    from qio.block.qcow2.driver import SNAPSHOT_HEADER, _validate_table
+
+    ctx = node.context
+    h = node.header
+    raw = bytearray(12)
+    try:
+        await node.image_file.preadv(60, memoryview(raw))
+    except BlockError as exc:
+        res.check_errors += 1
+        ctx.err(
+            "ERROR failed to read the snapshot table pointer from the image header: "
+            f"{exc.strerror}\n"
+        )
+        raise _Failed(exc.errno) from None
+    count, offset = struct.unpack(">IQ", raw)
+    dropped = 0
+    if count > MAX_SNAPSHOTS and fix & FIX_ERRORS:
+        ctx.err(f"Discarding {count - MAX_SNAPSHOTS} overhanging snapshots\n")
+        dropped += count - MAX_SNAPSHOTS
+        count = MAX_SNAPSHOTS
+    h.nb_snapshots, h.snapshots_offset = count, offset
+    try:
+        _validate_table(
+            offset,
+            count,
+            SNAPSHOT_HEADER.size,
+            SNAPSHOT_HEADER.size * MAX_SNAPSHOTS,
+            node.cluster_size,
+            "snapshot table",
+        )
+    except OpenError as exc:
+        res.check_errors += 1
+        ctx.error(f"ERROR {exc.message}")
+        if count > MAX_SNAPSHOTS:
+            ctx.err(
+                f"You can force-remove all {count - MAX_SNAPSHOTS} overhanging snapshots "
+                "with qemu-img check -r all\n"
+            )
+        h.nb_snapshots, h.snapshots_offset = 0, 0  # the table was not read
+        raise _Failed(exc.errno) from None
+    report: list[str] = []
+    try:
+        table = await read_table(node, offset, count, bool(fix & FIX_ERRORS), report)
+    except SnapshotTableError as exc:
+        for line in report:
+            ctx.err(line + "\n")
+        res.check_errors += 1
+        ctx.error(f"ERROR failed to read the snapshot table: {exc.message}")
+        if exc.hint:
+            ctx.err(exc.hint + "\n")
+        h.nb_snapshots, h.snapshots_offset = 0, 0
+        raise _Failed(exc.errno) from None
+    for line in report:
+        ctx.err(line + "\n")
+    dropped += table.dropped_snapshots
+    h.nb_snapshots = len(table.snapshots)
+    node.snapshot_table_bytes = table.size
+    node.snapshot_l1s = [(sn.l1_offset, sn.l1_size) for sn in table.snapshots]
+    node.metadata_changed()
+    res.corruptions += dropped + table.extra_data_dropped
+    if dropped:
+        # The header must say so before the refcounts are checked (the dropped snapshots'
+        # clusters leak, and that check frees them).
+        try:
+            await node.write_sync(60, struct.pack(">I", h.nb_snapshots))
+        except BlockError as exc:
+            res.check_errors += 1
+            ctx.err(
+                f"ERROR failed to update the snapshot count in the image header: {exc.strerror}\n"
+            )
+            raise _Failed(exc.errno) from None
+        res.corruptions_fixed += dropped
+        res.corruptions -= dropped
+    if h.version >= 3:
+        # Version 3 entries need at least the 64-bit VM state size and the disk size.
+        label = "Repairing" if fix & FIX_ERRORS else "ERROR"
+        for i, sn in enumerate(table.snapshots):
+            if sn.extra_data_size < 16:
+                res.corruptions += 1
+                ctx.err(f"{label} snapshot table entry {i} is incomplete\n")
+    return table.snapshots
+
+
+async def _check_fix_snapshot_table(
+    node: Qcow2Node, res: CheckResult, fix: int, snapshots: list[Snapshot]
+) -> None:
+    """qcow2_check_fix_snapshot_table: rewrite the table when it had repairable faults."""
+    if res.corruptions and fix & FIX_ERRORS:
+        try:
+            await write_table(node, snapshots, node.snapshot_table_bytes)
+        except BlockError as exc:
+            res.check_errors += 1
+            node.context.err(f"ERROR failed to update snapshot table: {exc.strerror}\n")
+            raise _Failed(exc.errno) from None
+        res.corruptions_fixed += res.corruptions
+        res.corruptions = 0
+
+
 async def _check_locked(node: Qcow2Node, fix: int) -> tuple[CheckResult, int]:
     """qcow2_co_check_locked: (result, 0 or -errno)."""
     result = CheckResult()
+    snapshot_res = CheckResult()
     refcount_res = CheckResult()
     try:
-        await _Checker(node, refcount_res, fix).run()
-        status = 0
+        snapshots = await _check_read_snapshot_table(node, snapshot_res, fix)
+    except _Failed as exc:
+        result.add(snapshot_res, False)
+        return result, -exc.errno
+    status = 0
+    try:
+        await _Checker(node, refcount_res, fix, snapshots).run()
     except _Failed as exc:
         status = -exc.errno
     result.add(refcount_res, True)
+    if status < 0:
+        result.add(snapshot_res, False)
+        return result, status
+    try:
+        await _check_fix_snapshot_table(node, snapshot_res, fix, snapshots)
+    except _Failed as exc:
+        status = -exc.errno
+    result.add(snapshot_res, False)
     if status < 0:
         return result, status
     if fix and not result.check_errors and not result.corruptions:

@@ -165,14 +165,15 @@ class Qcow2Node(BlockNode):
         )
         if h.refcount_table_clusters == 0:
             raise OpenError("Image does not contain a reference count table")
-        _validate_table(
-            h.snapshots_offset,
-            h.nb_snapshots,
-            SNAPSHOT_HEADER.size,
-            SNAPSHOT_HEADER.size * MAX_SNAPSHOTS,
-            self.cluster_size,
-            "Snapshot table",
-        )
+        if not self.flags.check:  # qemu-img check reads (and repairs) the table itself
+            _validate_table(
+                h.snapshots_offset,
+                h.nb_snapshots,
+                SNAPSHOT_HEADER.size,
+                SNAPSHOT_HEADER.size * MAX_SNAPSHOTS,
+                self.cluster_size,
+                "Snapshot table",
+            )
         _validate_table(
             h.l1_table_offset, h.l1_size, 8, MAX_L1_BYTES, self.cluster_size, "Active L1 table"
         )
@@ -190,7 +191,10 @@ class Qcow2Node(BlockNode):
             await self.refcounts.load_table()
         except BlockError as exc:
             raise OpenError(f"Could not read refcount table: {exc.strerror}", exc.errno) from None
-        self.snapshot_l1s = await self._read_snapshot_l1s()
+        if self.flags.check:
+            self.snapshot_l1s, self.snapshot_table_bytes = [], 0
+        else:
+            self.snapshot_l1s = await self._read_snapshot_l1s()
         self.backing_file = h.backing_file
         self.backing_format = h.backing_format
         await self._open_data_file(options)

@@ -569,6 +569,26 @@ def _snapshot_count(d: Path) -> Path:
     return path
 
 
+@case("reftable-empty")
+def _reftable_empty(d: Path) -> Path:
+    """refcount_table_clusters 0: only a check may open it, -r all rebuilds the structure."""
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    struct.pack_into(">I", img.data, 56, 0)
+    img.save()
+    return path
+
+
+@case("unknown-autoclear-with-snapshot")
+def _autoclear(d: Path) -> Path:
+    """The read-write open of -r clears the unknown bit and rewrites the header before the
+    check has read the snapshot table: in QEMU the snapshots are lost, and leak."""
+    path, img, _ = _with_snapshot(d)
+    img.put64(88, img.u64(88) | 1 << 5)
+    img.save()
+    return path
+
+
 # -- running both tools ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Run:

@@ -163,7 +163,7 @@ class Qcow2Node(BlockNode):
             self.cluster_size,
             "Reference count table",
         )
-        if h.refcount_table_clusters == 0:
+        if h.refcount_table_clusters == 0 and not self.flags.check:
             raise OpenError("Image does not contain a reference count table")
         if not self.flags.check:  # qemu-img check reads (and repairs) the table itself
             _validate_table(
@@ -192,6 +192,9 @@ class Qcow2Node(BlockNode):
         except BlockError as exc:
             raise OpenError(f"Could not read refcount table: {exc.strerror}", exc.errno) from None
         if self.flags.check:
+            # Like QEMU, forget the table until the check has read it: a header rewritten
+            # meanwhile (unknown autoclear bits cleared) says there are no snapshots.
+            h.nb_snapshots, h.snapshots_offset = 0, 0
             self.snapshot_l1s, self.snapshot_table_bytes = [], 0
         else:
             self.snapshot_l1s = await self._read_snapshot_l1s()
@@ -500,7 +503,8 @@ class Qcow2Node(BlockNode):
         meta: dict[int, str] = {0: "qcow2_header"}
 
         def add(offset: int, size: int, name: str) -> None:
-            for c in range(offset >> bits, (offset + max(size, 1) + cs - 1) >> bits):
+            # an empty table overlaps nothing (QEMU skips tables of size 0)
+            for c in range(offset >> bits, (offset + size + cs - 1) >> bits):
                 meta.setdefault(c, name)
 
         add(self.map.l1_offset, self.map.l1_size * 8, "active L1 table")

@@ -219,6 +219,8 @@ class _Checker:
             self.err("ERROR: I/O error in check_refcounts_l2")
             res.check_errors += 1
             raise _Failed(exc.errno) from None
+        if not any(raw):
+            return  # an empty table (or one past the end of the file): nothing to count
         words = list(struct.unpack(f">{entries * step}Q", raw))
         cluster_type = node.map.cluster_type
         geometry = node.compressed
@@ -228,6 +230,8 @@ class _Checker:
         for i in range(entries):
             entry = words[i * step]
             bitmap = words[i * step + 1] if extended else 0
+            if not entry and not bitmap:
+                continue  # unallocated, nothing to check
             kind = cluster_type(entry)
             if kind != C_COMPRESSED and entry & L2E_STD_RESERVED_MASK:
                 self.err(f"ERROR found l2 entry with reserved bits set: {entry:x}")

@@ -120,6 +120,59 @@ OVERLAP_TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The order in which QEMU's qcow2_check_metadata_overlap tests the kinds of metadata: a
+# write that overlaps several is reported with the first.
+OVERLAP_ORDER = (
+    "qcow2_header",
+    "active L1 table",
+    "refcount table",
+    "snapshot table",
+    "inactive L1 table",
+    "active L2 table",
+    "refcount block",
+)
+
+
+class MetadataMap:
+    """Where the metadata the overlap checks protect lives: single clusters (header, L2
+    tables, refcount blocks) and cluster ranges (L1 tables, refcount and snapshot tables).
+    A cluster may belong to several kinds (in a damaged image); kinds the overlap-check
+    option leaves out are not recorded."""
+
+    def __init__(self, kinds: set[str]) -> None:
+        self.kinds = kinds
+        self.clusters: dict[int, list[str]] = {}
+        self.ranges: list[tuple[int, int, str]] = []  # [start, end) in clusters
+
+    def add_cluster(self, cluster: int, name: str) -> None:
+        if name in self.kinds:
+            names = self.clusters.setdefault(cluster, [])
+            if name not in names:
+                names.append(name)
+
+    def add_range(self, start: int, end: int, name: str) -> None:
+        if name in self.kinds:
+            self.ranges.append((start, end, name))
+
+    def forget_cluster(self, cluster: int) -> None:
+        self.clusters.pop(cluster, None)
+
+    def first_overlap(self, first: int, last: int, allowed: str | None) -> str | None:
+        """The kind a write to clusters [first, last] would damage, in QEMU's order."""
+        found: set[str] = set()
+        for start, end, name in self.ranges:
+            if start <= last and first < end:
+                found.add(name)
+        if len(self.clusters) < last - first + 1:
+            hits = (names for c, names in self.clusters.items() if first <= c <= last)
+        else:
+            hits = (names for c in range(first, last + 1) if (names := self.clusters.get(c)))
+        for names in hits:
+            found.update(names)
+        found.discard(allowed)  # type: ignore[arg-type]
+        return next((name for name in OVERLAP_ORDER if name in found), None)
+
+
 class Qcow2Node(BlockNode):
     format_name = "qcow2"
     overlap_kinds: set[str] = set(_CACHED)
@@ -137,7 +190,7 @@ class Qcow2Node(BlockNode):
             raise OpenError('A block device must be specified for "file"')
         self.lock = CoMutex()
         self.signaled_corruption = False
-        self.metadata: dict[int, str] | None = None
+        self.metadata: MetadataMap | None = None
         self.metadata_preallocation: bool | None = None
         self.bitmaps = PersistentBitmaps(self)
         await self._read_header(file)
@@ -495,37 +548,41 @@ class Qcow2Node(BlockNode):
         self.signaled_corruption = True
 
     # -- metadata overlap checks (QEMU's overlap-check=cached) ---------------------------------
-    def _metadata_map(self) -> dict[int, str]:
+    def _metadata_map(self) -> MetadataMap:
         if self.metadata is not None:
             return self.metadata
         cs = self.cluster_size
         bits = self.cluster_bits
-        meta: dict[int, str] = {0: "qcow2_header"}
+        meta = MetadataMap(self.overlap_kinds)
+        meta.add_cluster(0, "qcow2_header")
 
-        def add(offset: int, size: int, name: str) -> None:
+        def add_table(offset: int, size: int, name: str) -> None:
             # an empty table overlaps nothing (QEMU skips tables of size 0)
-            for c in range(offset >> bits, (offset + size + cs - 1) >> bits):
-                meta.setdefault(c, name)
+            if size > 0:
+                meta.add_range(offset >> bits, (offset + size + cs - 1) >> bits, name)
 
-        add(self.map.l1_offset, self.map.l1_size * 8, "active L1 table")
-        add(self.refcounts.table_offset, self.refcounts.table_clusters * cs, "refcount table")
+        add_table(self.map.l1_offset, self.map.l1_size * 8, "active L1 table")
+        add_table(self.refcounts.table_offset, self.refcounts.table_clusters * cs, "refcount table")
+
+        def add_cluster_at(offset: int, name: str) -> None:
+            # a misaligned table (damaged image) covers parts of two clusters
+            for c in range(offset >> bits, ((offset + cs - 1) >> bits) + 1):
+                meta.add_cluster(c, name)
+
         for entry in self.refcounts.table:
             if entry & REFT_OFFSET_MASK:
-                add(entry & REFT_OFFSET_MASK, cs, "refcount block")
+                add_cluster_at(entry & REFT_OFFSET_MASK, "refcount block")
         for entry in self.map.l1_table:
             if entry & L1E_OFFSET_MASK:
-                add(entry & L1E_OFFSET_MASK, cs, "active L2 table")
+                add_cluster_at(entry & L1E_OFFSET_MASK, "active L2 table")
         if self.header.nb_snapshots:
-            add(
+            add_table(
                 self.header.snapshots_offset,
                 getattr(self, "snapshot_table_bytes", cs),
                 "snapshot table",
             )
             for l1_offset, l1_size in self.snapshot_l1s:
-                add(l1_offset, l1_size * 8, "inactive L1 table")
-        # kinds the overlap-check option leaves out are not checked (QEMU's cached default
-        # skips inactive L2 tables, which would need the snapshots' L1 tables read)
-        meta = {c: name for c, name in meta.items() if name in self.overlap_kinds}
+                add_table(l1_offset, l1_size * 8, "inactive L1 table")
         self.metadata = meta
         return meta
 
@@ -549,11 +606,11 @@ class Qcow2Node(BlockNode):
 
     def add_metadata_cluster(self, offset: int, name: str) -> None:
         if self.metadata is not None:
-            self.metadata[offset >> self.cluster_bits] = name
+            self.metadata.add_cluster(offset >> self.cluster_bits, name)
 
     def forget_metadata_cluster(self, offset: int) -> None:
         if self.metadata is not None and offset >> self.cluster_bits != 0:
-            self.metadata.pop(offset >> self.cluster_bits, None)
+            self.metadata.forget_cluster(offset >> self.cluster_bits)
 
     async def check_metadata_write(self, offset: int, size: int, writing: str | None) -> None:
         """qcow2_pre_write_overlap_check: refuse a write that would land on metadata."""
@@ -567,10 +624,7 @@ class Qcow2Node(BlockNode):
         }.get(writing or "")
         first = offset >> self.cluster_bits
         last = (offset + max(size, 1) - 1) >> self.cluster_bits
-        hit = next(
-            (n for c in range(first, last + 1) if (n := meta.get(c)) not in (None, allowed)),
-            None,
-        )
+        hit = meta.first_overlap(first, last, allowed)
         if hit is None and "inactive L2 table" in self.overlap_kinds:
             # checked last, and read afresh every time, as QEMU does; a snapshot L1 table
             # that fails validation fails the write with the validation's errno

@@ -18,6 +18,7 @@ Allocation that places new metadata where the caller wanted its data raises ``Re
 from __future__ import annotations
 
 import errno
+import os
 import struct
 from typing import TYPE_CHECKING
 
@@ -235,6 +236,9 @@ class Refcounts:
         except BlockError as exc:
             # QEMU reports and carries on (the clusters leak).
             self.node.context.err(f"qcow2_free_clusters failed: {exc.strerror}\n")
+        except Retry:
+            # a refcount block had to be allocated first: -EAGAIN, the clusters leak
+            self.node.context.err(f"qcow2_free_clusters failed: {os.strerror(errno.EAGAIN)}\n")
 
     # -- update ------------------------------------------------------------------------------
     async def update(

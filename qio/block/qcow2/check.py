@@ -1,6 +1,8 @@
 """qcow2 consistency check and repair, as QEMU 7.2's block/qcow2-refcount.c does it.
 
-The check rebuilds, in memory, the refcount every host cluster should have (the IMRT: header,
+The snapshot table is read again first (snapshot_table.py; with FIX_ERRORS what cannot be kept
+is dropped, and the table is rewritten at the end).  The check then rebuilds, in memory, the
+refcount every host cluster should have (the IMRT: header,
 active and snapshot L1/L2 tables and the clusters they map, snapshot table, refcount table and
 blocks, bitmap directory, tables and data), then compares it with the refcounts stored in the
 image.  Findings are reported one line each on the node's error stream with QEMU's wording,

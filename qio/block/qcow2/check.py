@@ -920,6 +920,9 @@ async def _mark_consistent(node: Qcow2Node) -> None:
 async def check_image(node: Qcow2Node, fix: int = 0) -> tuple[CheckResult, int]:
     """Check (and with ``fix`` repair) an open image: qcow2_co_check.  Returns the result
     and 0, or -errno when the check could not be completed."""
+    if node.context.offline:
+        # an image found corrupt earlier was taken offline (bdrv_co_check: no driver)
+        return CheckResult(), -errno.ENOMEDIUM
     await node.lock.acquire()
     try:
         return await _check_locked(node, fix)

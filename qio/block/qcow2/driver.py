@@ -538,7 +538,12 @@ class Qcow2Node(BlockNode):
             h.incompatible_features |= INCOMPAT_CORRUPT
             self.context.offline = True
             try:
-                await self.write_sync(72, struct.pack(">Q", h.incompatible_features))
+                if h.version >= 3:
+                    await self.write_sync(72, struct.pack(">Q", h.incompatible_features))
+                else:
+                    # a version 2 header has no feature bits there (its extensions start at
+                    # 72): QEMU rewrites the header, which keeps the bit in memory only
+                    await self.update_header()
             except BlockError:
                 pass
         else:

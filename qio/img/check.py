@@ -200,6 +200,10 @@ def _collect(root: object, fix: int) -> tuple[CheckResult, int]:
     result, status = scheduler.run_sync(check_image(root, fix))
     if status < 0:
         return CheckResult(), status
+    # BdrvCheckResult's counters are C ints
+    for name in ("corruptions", "leaks", "check_errors", "corruptions_fixed", "leaks_fixed"):
+        value = getattr(result, name) & 0xFFFFFFFF
+        setattr(result, name, value - (1 << 32) if value >= 1 << 31 else value)
     return result, 0
 
 

@@ -589,6 +589,42 @@ def _autoclear(d: Path) -> Path:
     return path
 
 
+@case("v2-extension-end-too-long")
+def _v2_extension(d: Path) -> Path:
+    """An end-of-extensions marker whose length runs past the cluster: QEMU refuses it."""
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS, opts="compat=0.10")
+    img = Image(path)
+    img.put64(72, 0x40000)
+    img.save()
+    return path
+
+
+@case("v2-copied-fix-hits-inactive-l1")
+def _v2_inactive_l1(d: Path) -> Path:
+    """Fixing a COPIED flag writes an L2 table that a (damaged, huge) snapshot L1 table
+    covers: the overlap check marks the version 2 image corrupt and the repair stops."""
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS, opts="compat=0.10")
+    qemu_img("snapshot", "-c", "snap", "img.qcow2", cwd=d)
+    qemu_io(path, "write -P 9 512k 64k")  # the active L2 table is copied
+    img = Image(path)
+    at = img.l2_entry_at(512 << 10)
+    img.put64(at, img.u64(at) & ~COPIED)
+    struct.pack_into(">I", img.data, img.u64(64) + 8, 0x40000001)
+    img.save()
+    return path
+
+
+@case("refblock-offset-unaligned")
+def _refblock_unaligned(d: Path) -> Path:
+    """The refcount table's first entry 512 bytes off: reading any refcount marks the image
+    corrupt, -r all rebuilds, and the double check finds the image offline."""
+    path = base_image(d, "img.qcow2", *TWO_CLUSTERS)
+    img = Image(path)
+    img.put64(img.reftable_offset, img.u64(img.reftable_offset) + 512)
+    img.save()
+    return path
+
+
 # -- running both tools ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Run:

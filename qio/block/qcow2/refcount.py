@@ -385,7 +385,9 @@ class Refcounts:
         node = self.node
         cs = node.cluster_size
         await node.fire("refblock_alloc")
-        table_index = cluster_index >> self.block_bits
+        # QEMU keeps this index in an unsigned int: a cluster far beyond any refcount table
+        # (a damaged image) lands on the block of the truncated index
+        table_index = (cluster_index >> self.block_bits) & 0xFFFFFFFF
         if table_index < len(self.table):
             offset = await self._block_offset(table_index)
             if offset:

@@ -444,14 +444,15 @@ class Refcounts:
         total_blocks, _ = refcount_metadata_clusters(
             start_offset // cs + additional_clusters, cs, self.order, not exact_size
         )
-        if total_blocks * 8 > MAX_REFTABLE_BYTES:
+        # QEMU compares these entry counts with the byte limit (QCOW_MAX_REFTABLE_SIZE)
+        if total_blocks > MAX_REFTABLE_BYTES:
             raise BlockError(errno.EFBIG)
         area_index = (start_offset // cs) // self.block_entries
         table_size = total_blocks if exact_size else total_blocks + -(-total_blocks // 2)
         per_cluster = cs // 8
         table_size = -(-table_size // per_cluster) * per_cluster
         table_clusters = table_size * 8 // cs
-        if table_size * 8 > MAX_REFTABLE_BYTES:
+        if table_size > MAX_REFTABLE_BYTES:
             raise BlockError(errno.EFBIG)
         new_table = [0] * table_size
         keep = min(len(self.table), table_size)

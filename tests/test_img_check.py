@@ -625,6 +625,17 @@ def _refblock_unaligned(d: Path) -> Path:
     return path
 
 
+@case("snapshot-table-far-past-eof")
+def _snapshot_table_far(d: Path) -> Path:
+    """The snapshot table pointer moved far past the end of the file: -r all rewrites the
+    table, freeing the old one fails (its refcount table would be too big), and the refcount
+    blocks that failed to be written make every later refcount lookup fail."""
+    path, img, table = _with_snapshot(d)
+    img.put64(64, table | 1 << 52)
+    img.save()
+    return path
+
+
 # -- running both tools ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Run:

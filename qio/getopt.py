@@ -38,6 +38,9 @@ class Getopt:
     shortopts: str
     longopts: tuple[LongOption, ...] = ()
     operands: list[str] = field(default_factory=list)
+    # The word being parsed when an error was yielded (argv[optind - 1] in C): qemu-img
+    # reports that word instead of glibc's message.
+    word: str = ""
 
     def __iter__(self) -> Iterator[tuple[str, str | None] | GetoptError]:
         """Yield (option, argument) pairs, or a GetoptError where glibc returns '?'.
@@ -56,6 +59,7 @@ class Getopt:
                 self.operands.append(arg)
                 i += 1
                 continue
+            self.word = arg
             if arg.startswith("--") and self.longopts:
                 i, item = self._long(arg, i)
                 yield item

@@ -68,9 +68,6 @@ DEFAULT_SUBSET = {
 
 # case -> why it still diverges (fixed on another branch; remove the entry after the merge)
 KNOWN_DIVERGENCES = {
-    "iotest_039_lazy_refcounts_clean_part2": "dirty-image repair on open (qcow2/check.py, img branch)",
-    "iotest_039_lazy_refcounts_reopen_part1": "dirty-image repair on open (qcow2/check.py, img branch)",
-    "iotest_061_dirty_downgrade_part1": "dirty-image repair on open (qcow2/check.py, img branch)",
     "iotest_052_snapshot_mode_raw": "-s overlay needs qcow2/create.py (img branch)",
     "iotest_052_snapshot_mode_qcow2": "-s overlay needs qcow2/create.py (img branch)",
     "iotest_133_reopen": "json: filenames with single-quoted strings (QEMU's JSON reader, main branch)",

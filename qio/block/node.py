@@ -69,6 +69,7 @@ class OpenFlags:
     # BDRV_O_NO_IO: opened only to read its metadata (qemu-img info, create's backing check);
     # qcow2 then leaves an external data file unopened, as QEMU does
     no_io: bool = False
+    check: bool = False  # BDRV_O_CHECK: opened to be checked or repaired (qemu-img check)
 
     def copy(self) -> OpenFlags:
         return OpenFlags(**self.__dict__)
@@ -338,8 +339,8 @@ class BlockNode:
     # =====================================================================================
     async def preadv(self, offset: int, buf: memoryview, flags: ReqFlags = ReqFlags.NONE) -> None:
         length = len(buf)
-        if offset < 0:
-            raise BlockError(errno.EIO)
+        if offset < 0 or offset > MAX_LENGTH or length > MAX_LENGTH - offset:
+            raise BlockError(errno.EIO)  # bdrv_check_request
         if length == 0:
             # QEMU passes an aligned zero-length read down to the driver (a real, if empty,
             # host I/O); only an unaligned one is dropped here.

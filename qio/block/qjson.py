@@ -503,7 +503,7 @@ def _write(out: list[str], value: Any, level: int) -> None:
             out.append(_json_string(key) + ": ")
             _write(out, item, level + 1)
         out.append("\n" + " " * (4 * level) + "}")
-    elif isinstance(value, list):
+    elif isinstance(value, list | tuple):
         out.append("[")
         for i, item in enumerate(value):
             out.append(("," if i else "") + "\n" + " " * (4 * (level + 1)))

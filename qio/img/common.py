@@ -61,6 +61,7 @@ class OpenSpec:
     force_share: bool = False
     no_backing: bool = False
     cache: str = "writeback"  # qemu-img's BDRV_DEFAULT_CACHE
+    check: bool = False  # BDRV_O_CHECK (qemu-img check)
     quiet: bool = False
     no_io: bool = False  # BDRV_O_NO_IO: metadata only (qemu-img info)
     extra: dict[str, str] = field(default_factory=dict)
@@ -100,6 +101,7 @@ def open_image(spec: OpenSpec) -> OpenedImage:
     flags.force_share = spec.force_share
     flags.no_backing = spec.no_backing
     flags.no_io = spec.no_io
+    flags.check = spec.check
     flags.direct, flags.no_flush, _ = CACHE_MODES[spec.cache]
     if spec.image_opts:
         text = spec.filename

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qio.block.qcow2.layout import AUTOCLEAR_BITMAPS
-from qio.block.qcow2.refcount import DISCARD_OTHER
+from qio.block.qcow2.refcount import DISCARD_ALWAYS, DISCARD_OTHER
 from qio.errors import OpenError
 
 if TYPE_CHECKING:
@@ -224,11 +224,13 @@ class PersistentBitmaps:
             await node.refcounts.free_clusters(old_offset, old_size, DISCARD_OTHER)
         for table_offset, data in old_tables:
             for cluster in data:
-                await node.refcounts.free_clusters(cluster, node.cluster_size, DISCARD_OTHER)
+                # QEMU's clear_bitmap_table discards the old data clusters in the file too
+                await node.refcounts.free_clusters(cluster, node.cluster_size, DISCARD_ALWAYS)
             if table_offset[1]:
                 await node.refcounts.free_clusters(
                     table_offset[0], table_offset[1] * 8, DISCARD_OTHER
                 )
+        await node.refcounts.process_discards()
         node.metadata_changed()
 
     async def _table_clusters(self, bm: Bitmap) -> tuple[Any, list[int]]:

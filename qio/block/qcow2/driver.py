@@ -121,6 +121,59 @@ OVERLAP_TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The order in which QEMU's qcow2_check_metadata_overlap tests the kinds of metadata: a
+# write that overlaps several is reported with the first.
+OVERLAP_ORDER = (
+    "qcow2_header",
+    "active L1 table",
+    "refcount table",
+    "snapshot table",
+    "inactive L1 table",
+    "active L2 table",
+    "refcount block",
+)
+
+
+class MetadataMap:
+    """Where the metadata the overlap checks protect lives: single clusters (header, L2
+    tables, refcount blocks) and cluster ranges (L1 tables, refcount and snapshot tables).
+    A cluster may belong to several kinds (in a damaged image); kinds the overlap-check
+    option leaves out are not recorded."""
+
+    def __init__(self, kinds: set[str]) -> None:
+        self.kinds = kinds
+        self.clusters: dict[int, list[str]] = {}
+        self.ranges: list[tuple[int, int, str]] = []  # [start, end) in clusters
+
+    def add_cluster(self, cluster: int, name: str) -> None:
+        if name in self.kinds:
+            names = self.clusters.setdefault(cluster, [])
+            if name not in names:
+                names.append(name)
+
+    def add_range(self, start: int, end: int, name: str) -> None:
+        if name in self.kinds:
+            self.ranges.append((start, end, name))
+
+    def forget_cluster(self, cluster: int) -> None:
+        self.clusters.pop(cluster, None)
+
+    def first_overlap(self, first: int, last: int, allowed: str | None) -> str | None:
+        """The kind a write to clusters [first, last] would damage, in QEMU's order."""
+        found: set[str] = set()
+        for start, end, name in self.ranges:
+            if start <= last and first < end:
+                found.add(name)
+        if len(self.clusters) < last - first + 1:
+            hits = (names for c, names in self.clusters.items() if first <= c <= last)
+        else:
+            hits = (names for c in range(first, last + 1) if (names := self.clusters.get(c)))
+        for names in hits:
+            found.update(names)
+        found.discard(allowed)  # type: ignore[arg-type]
+        return next((name for name in OVERLAP_ORDER if name in found), None)
+
+
 class Qcow2Node(BlockNode):
     format_name = "qcow2"
     overlap_kinds: set[str] = set(_CACHED)
@@ -138,7 +191,7 @@ class Qcow2Node(BlockNode):
             raise OpenError('A block device must be specified for "file"')
         self.lock = CoMutex()
         self.signaled_corruption = False
-        self.metadata: dict[int, str] | None = None
+        self.metadata: MetadataMap | None = None
         self.metadata_preallocation: bool | None = None
         self.bitmaps = PersistentBitmaps(self)
         await self._read_header(file)
@@ -164,16 +217,17 @@ class Qcow2Node(BlockNode):
             self.cluster_size,
             "Reference count table",
         )
-        if h.refcount_table_clusters == 0:
+        if h.refcount_table_clusters == 0 and not self.flags.check:
             raise OpenError("Image does not contain a reference count table")
-        _validate_table(
-            h.snapshots_offset,
-            h.nb_snapshots,
-            SNAPSHOT_HEADER.size,
-            SNAPSHOT_HEADER.size * MAX_SNAPSHOTS,
-            self.cluster_size,
-            "Snapshot table",
-        )
+        if not self.flags.check:  # qemu-img check reads (and repairs) the table itself
+            _validate_table(
+                h.snapshots_offset,
+                h.nb_snapshots,
+                SNAPSHOT_HEADER.size,
+                SNAPSHOT_HEADER.size * MAX_SNAPSHOTS,
+                self.cluster_size,
+                "Snapshot table",
+            )
         _validate_table(
             h.l1_table_offset, h.l1_size, 8, MAX_L1_BYTES, self.cluster_size, "Active L1 table"
         )
@@ -191,7 +245,13 @@ class Qcow2Node(BlockNode):
             await self.refcounts.load_table()
         except BlockError as exc:
             raise OpenError(f"Could not read refcount table: {exc.strerror}", exc.errno) from None
-        self.snapshot_l1s = await self._read_snapshot_l1s()
+        if self.flags.check:
+            # Like QEMU, forget the table until the check has read it: a header rewritten
+            # meanwhile (unknown autoclear bits cleared) says there are no snapshots.
+            h.nb_snapshots, h.snapshots_offset = 0, 0
+            self.snapshot_l1s, self.snapshot_table_bytes = [], 0
+        else:
+            self.snapshot_l1s = await self._read_snapshot_l1s()
         self.backing_file = h.backing_file
         self.backing_format = h.backing_format
         await self._open_data_file(options)
@@ -201,9 +261,10 @@ class Qcow2Node(BlockNode):
                 # Features we do not know cannot be kept consistent: clear their bits.
                 h.autoclear_features &= AUTOCLEAR_KNOWN
                 await self.update_header()
-            if h.incompatible_features & INCOMPAT_DIRTY:
+            if h.incompatible_features & INCOMPAT_DIRTY and not self.flags.check:
                 await self._repair_dirty()
         self.options.update({"file": file.node_name})
+        self.open_complete = True
 
     async def _read_header(self, file: BlockNode) -> None:
         head = bytearray(min(1 << 21, max(4096, file.getlength())))
@@ -232,7 +293,11 @@ class Qcow2Node(BlockNode):
             raise OpenError(
                 f"Unsupported qcow2 feature(s): {_unsupported_features(h, unknown)}", errno.ENOTSUP
             )
-        if h.incompatible_features & INCOMPAT_CORRUPT and self.flags.read_write:
+        if (
+            h.incompatible_features & INCOMPAT_CORRUPT
+            and self.flags.read_write
+            and not self.flags.check  # a corrupt image may be opened to be repaired
+        ):
             raise OpenError("qcow2: Image is corrupt; cannot be opened read/write", errno.EACCES)
         if h.extended_l2 and h.cluster_bits - 5 < 9:
             raise OpenError(f"Unsupported subcluster size: {1 << (h.cluster_bits - 5)}")
@@ -407,12 +472,8 @@ class Qcow2Node(BlockNode):
         return result
 
     async def _repair_dirty(self) -> None:
-        try:
-            from qio.block.qcow2.check import repair_dirty_image
-        except ImportError:
-            raise OpenError(
-                "Could not repair dirty image: qcow2 repair is not available", errno.EIO
-            ) from None
+        from qio.block.qcow2.check import repair_dirty_image
+
         await repair_dirty_image(self)
 
     # =====================================================================================
@@ -486,7 +547,12 @@ class Qcow2Node(BlockNode):
             h.incompatible_features |= INCOMPAT_CORRUPT
             self.context.offline = True
             try:
-                await self.write_sync(72, struct.pack(">Q", h.incompatible_features))
+                if h.version >= 3:
+                    await self.write_sync(72, struct.pack(">Q", h.incompatible_features))
+                else:
+                    # a version 2 header has no feature bits there (its extensions start at
+                    # 72): QEMU rewrites the header, which keeps the bit in memory only
+                    await self.update_header()
             except BlockError:
                 pass
         else:
@@ -496,36 +562,41 @@ class Qcow2Node(BlockNode):
         self.signaled_corruption = True
 
     # -- metadata overlap checks (QEMU's overlap-check=cached) ---------------------------------
-    def _metadata_map(self) -> dict[int, str]:
+    def _metadata_map(self) -> MetadataMap:
         if self.metadata is not None:
             return self.metadata
         cs = self.cluster_size
         bits = self.cluster_bits
-        meta: dict[int, str] = {0: "qcow2_header"}
+        meta = MetadataMap(self.overlap_kinds)
+        meta.add_cluster(0, "qcow2_header")
 
-        def add(offset: int, size: int, name: str) -> None:
-            for c in range(offset >> bits, (offset + max(size, 1) + cs - 1) >> bits):
-                meta.setdefault(c, name)
+        def add_table(offset: int, size: int, name: str) -> None:
+            # an empty table overlaps nothing (QEMU skips tables of size 0)
+            if size > 0:
+                meta.add_range(offset >> bits, (offset + size + cs - 1) >> bits, name)
 
-        add(self.map.l1_offset, self.map.l1_size * 8, "active L1 table")
-        add(self.refcounts.table_offset, self.refcounts.table_clusters * cs, "refcount table")
+        add_table(self.map.l1_offset, self.map.l1_size * 8, "active L1 table")
+        add_table(self.refcounts.table_offset, self.refcounts.table_clusters * cs, "refcount table")
+
+        def add_cluster_at(offset: int, name: str) -> None:
+            # a misaligned table (damaged image) covers parts of two clusters
+            for c in range(offset >> bits, ((offset + cs - 1) >> bits) + 1):
+                meta.add_cluster(c, name)
+
         for entry in self.refcounts.table:
             if entry & REFT_OFFSET_MASK:
-                add(entry & REFT_OFFSET_MASK, cs, "refcount block")
+                add_cluster_at(entry & REFT_OFFSET_MASK, "refcount block")
         for entry in self.map.l1_table:
             if entry & L1E_OFFSET_MASK:
-                add(entry & L1E_OFFSET_MASK, cs, "active L2 table")
+                add_cluster_at(entry & L1E_OFFSET_MASK, "active L2 table")
         if self.header.nb_snapshots:
-            add(
+            add_table(
                 self.header.snapshots_offset,
                 getattr(self, "snapshot_table_bytes", cs),
                 "snapshot table",
             )
             for l1_offset, l1_size in self.snapshot_l1s:
-                add(l1_offset, l1_size * 8, "inactive L1 table")
-        # kinds the overlap-check option leaves out are not checked (QEMU's cached default
-        # skips inactive L2 tables, which would need the snapshots' L1 tables read)
-        meta = {c: name for c, name in meta.items() if name in self.overlap_kinds}
+                add_table(l1_offset, l1_size * 8, "inactive L1 table")
         self.metadata = meta
         return meta
 
@@ -549,11 +620,11 @@ class Qcow2Node(BlockNode):
 
     def add_metadata_cluster(self, offset: int, name: str) -> None:
         if self.metadata is not None:
-            self.metadata[offset >> self.cluster_bits] = name
+            self.metadata.add_cluster(offset >> self.cluster_bits, name)
 
     def forget_metadata_cluster(self, offset: int) -> None:
         if self.metadata is not None and offset >> self.cluster_bits != 0:
-            self.metadata.pop(offset >> self.cluster_bits, None)
+            self.metadata.forget_cluster(offset >> self.cluster_bits)
 
     async def check_metadata_write(self, offset: int, size: int, writing: str | None) -> None:
         """qcow2_pre_write_overlap_check: refuse a write that would land on metadata."""
@@ -567,10 +638,7 @@ class Qcow2Node(BlockNode):
         }.get(writing or "")
         first = offset >> self.cluster_bits
         last = (offset + max(size, 1) - 1) >> self.cluster_bits
-        hit = next(
-            (n for c in range(first, last + 1) if (n := meta.get(c)) not in (None, allowed)),
-            None,
-        )
+        hit = meta.first_overlap(first, last, allowed)
         if hit is None and "inactive L2 table" in self.overlap_kinds:
             # checked last, and read afresh every time, as QEMU does; a snapshot L1 table
             # that fails validation fails the write with the validation's errno
@@ -1192,8 +1260,12 @@ class Qcow2Node(BlockNode):
         return zero
 
     async def drv_close(self) -> None:
-        if not self.flags.read_write or self.context.offline or not hasattr(self, "refblock_cache"):
-            return  # read-only, taken offline, or the open failed before caches existed
+        if (
+            not self.flags.read_write
+            or self.context.offline
+            or not getattr(self, "open_complete", False)
+        ):
+            return  # read-only, taken offline, or the open failed: nothing is written back
         errors: list[str] = []
         try:
             await self.bitmaps.store()

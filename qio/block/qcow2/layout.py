@@ -254,10 +254,10 @@ def _parse_extensions(h: Header, buf: bytes) -> None:
             raise LayoutError("Invalid extension header", 22)
         kind, length = struct.unpack_from(">II", buf, offset)
         offset += 8
+        if length > end - offset:  # checked before the type: even for the end marker
+            raise LayoutError("Header extension too large", 22)
         if kind == EXT_END:
             return
-        if length > end - offset:
-            raise LayoutError("Header extension too large", 22)
         data = bytes(buf[offset : offset + length])
         if kind == EXT_BACKING_FORMAT:
             h.backing_format = data.decode("utf-8", "surrogateescape")

@@ -18,6 +18,7 @@ Allocation that places new metadata where the caller wanted its data raises ``Re
 from __future__ import annotations
 
 import errno
+import os
 import struct
 from typing import TYPE_CHECKING
 
@@ -235,6 +236,9 @@ class Refcounts:
         except BlockError as exc:
             # QEMU reports and carries on (the clusters leak).
             self.node.context.err(f"qcow2_free_clusters failed: {exc.strerror}\n")
+        except Retry:
+            # a refcount block had to be allocated first: -EAGAIN, the clusters leak
+            self.node.context.err(f"qcow2_free_clusters failed: {os.strerror(errno.EAGAIN)}\n")
 
     # -- update ------------------------------------------------------------------------------
     async def update(
@@ -381,7 +385,9 @@ class Refcounts:
         node = self.node
         cs = node.cluster_size
         await node.fire("refblock_alloc")
-        table_index = cluster_index >> self.block_bits
+        # QEMU keeps this index in an unsigned int: a cluster far beyond any refcount table
+        # (a damaged image) lands on the block of the truncated index
+        table_index = (cluster_index >> self.block_bits) & 0xFFFFFFFF
         if table_index < len(self.table):
             offset = await self._block_offset(table_index)
             if offset:
@@ -438,14 +444,15 @@ class Refcounts:
         total_blocks, _ = refcount_metadata_clusters(
             start_offset // cs + additional_clusters, cs, self.order, not exact_size
         )
-        if total_blocks * 8 > MAX_REFTABLE_BYTES:
+        # QEMU compares these entry counts with the byte limit (QCOW_MAX_REFTABLE_SIZE)
+        if total_blocks > MAX_REFTABLE_BYTES:
             raise BlockError(errno.EFBIG)
         area_index = (start_offset // cs) // self.block_entries
         table_size = total_blocks if exact_size else total_blocks + -(-total_blocks // 2)
         per_cluster = cs // 8
         table_size = -(-table_size // per_cluster) * per_cluster
         table_clusters = table_size * 8 // cs
-        if table_size * 8 > MAX_REFTABLE_BYTES:
+        if table_size > MAX_REFTABLE_BYTES:
             raise BlockError(errno.EFBIG)
         new_table = [0] * table_size
         keep = min(len(self.table), table_size)

@@ -68,13 +68,8 @@ DEFAULT_SUBSET = {
 
 # case -> why it still diverges (fixed on another branch; remove the entry after the merge)
 KNOWN_DIVERGENCES = {
-    "iotest_052_snapshot_mode_raw": "-s overlay needs qcow2/create.py (img branch)",
-    "iotest_052_snapshot_mode_qcow2": "-s overlay needs qcow2/create.py (img branch)",
-    "iotest_133_reopen": "json: filenames with single-quoted strings (QEMU's JSON reader, main branch)",
     "iotest_137_reopen_qcow2_options": "qcow2 reopen does not yet re-run the open-time option "
     "parsing (overlap-check.*, cache-size checks, transaction semantics)",
-    "iotest_274_resize_io": "truncate of an overlay over a longer backing file must zero the grown "
-    "area (BDRV_REQ_ZERO_WRITE; qcow2 truncate rework on the qfuzz branch)",
 }
 
 

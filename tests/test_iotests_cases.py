@@ -67,10 +67,7 @@ DEFAULT_SUBSET = {
 }
 
 # case -> why it still diverges (fixed on another branch; remove the entry after the merge)
-KNOWN_DIVERGENCES = {
-    "iotest_137_reopen_qcow2_options": "qcow2 reopen does not yet re-run the open-time option "
-    "parsing (overlap-check.*, cache-size checks, transaction semantics)",
-}
+KNOWN_DIVERGENCES: dict[str, str] = {}
 
 
 def _all_cases() -> list[str]:

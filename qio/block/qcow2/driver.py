@@ -322,8 +322,25 @@ class Qcow2Node(BlockNode):
         options.pop("pass-discard-snapshot")
         options.pop("pass-discard-other")
         options.pop("discard-no-unref")
-        overlap = options.pop_str("overlap-check")
-        template = options.pop_str("overlap-check.template")
+        self.overlap_kinds = self._overlap_kinds(self._pop_overlap_options(options))
+        self.overlap_checks = bool(self.overlap_kinds)
+        for key in ("encrypt.key-secret", "encrypt.format"):
+            options.pop(key)
+
+    @staticmethod
+    def _pop_overlap_options(options: Options) -> Options:
+        """The overlap-check options given (parsed together by _overlap_kinds)."""
+        keys = ["overlap-check", "overlap-check.template"]
+        keys += [f"overlap-check.{key}" for key in OVERLAP_NAMES]
+        return Options({key: options.pop(key) for key in keys if key in options})
+
+    @staticmethod
+    def _overlap_kinds(given: Options) -> set[str]:
+        """qcow2_update_options_prepare's overlap-check parsing: a template, then per-kind
+        switches."""
+        given = given.copy()
+        overlap = given.pop_str("overlap-check")
+        template = given.pop_str("overlap-check.template")
         if overlap is not None and template is not None and overlap != template:
             raise OpenError(
                 f"Conflicting values for qcow2 options 'overlap-check' ('{overlap}') and 'overlap-check.template' ('{template}')"
@@ -335,14 +352,11 @@ class Qcow2Node(BlockNode):
             )
         checks = set(OVERLAP_TEMPLATES[mode])
         for key, name in OVERLAP_NAMES.items():
-            if options.pop_bool(f"overlap-check.{key}", name in checks):
+            if given.pop_bool(f"overlap-check.{key}", name in checks):
                 checks.add(name)
             else:
                 checks.discard(name)
-        self.overlap_kinds = checks
-        self.overlap_checks = bool(checks)
-        for key in ("encrypt.key-secret", "encrypt.format"):
-            options.pop(key)
+        return checks
 
     @staticmethod
     def _pop_cache_options(options: Options) -> dict[str, int]:
@@ -391,9 +405,13 @@ class Qcow2Node(BlockNode):
             raise OpenError(
                 f"L2 cache entry size must be a power of two between 512 and the cluster size ({cs})"
             )
+        l2_tables = max(MIN_L2_CACHE_TABLES, l2 // entry)
+        refcount_tables = max(MIN_REFCOUNT_CACHE_TABLES, refcount // cs)
+        if refcount_tables > 0x7FFFFFFF:  # QEMU keeps the table count in an int
+            raise OpenError("Refcount cache size too big")
         if values.get("cache-clean-interval", 0) & ((1 << 64) - 1) > 0xFFFFFFFF:
             raise OpenError("Cache clean interval too big")
-        return max(MIN_L2_CACHE_TABLES, l2 // entry), max(MIN_REFCOUNT_CACHE_TABLES, refcount // cs)
+        return l2_tables, refcount_tables
 
     async def _renew_caches(self, values: dict[str, int]) -> None:
         """Write back and replace both caches (qcow2_update_options on reopen and resize)."""
@@ -1293,37 +1311,34 @@ class Qcow2Node(BlockNode):
                 pass
 
     async def drv_reopen(self, options: Options, read_write: bool) -> None:
-        # The caches are always written back and replaced, sized from this reopen's options
-        # only (qemu-io does not keep the cache sizes given at open).
-        await self._renew_caches(self._pop_cache_options(options))
+        # qcow2_update_options_prepare: every runtime option is checked (in QEMU's order)
+        # before anything changes.  The caches are sized from this reopen's options only
+        # and overlap checks come from this reopen's options only (qemu-io does not keep
+        # those given at open or at an earlier reopen).
+        cache_values = self._pop_cache_options(options)
+        self._cache_capacities(cache_values)
+        lazy = self.lazy_refcounts_option
         if "lazy-refcounts" in options:
             lazy = options.pop_bool("lazy-refcounts", self.lazy_refcounts_option)
             if lazy and self.header.version < 3:
                 raise OpenError(
                     "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level"
                 )
-            if (
-                not lazy
-                and self.lazy_refcounts_option
-                and self.header.incompatible_features & INCOMPAT_DIRTY
-            ):
-                await self.flush_caches()
-                await self.mark_clean()
-            self.lazy_refcounts_option = lazy
-        for key in (
-            "pass-discard-request",
-            "pass-discard-snapshot",
-            "pass-discard-other",
-            "overlap-check",
-        ):
+        overlap_kinds = self._overlap_kinds(self._pop_overlap_options(options))
+        pass_request = self.refcounts.discard_passthrough[DISCARD_REQUEST]
+        if "pass-discard-request" in options:
+            pass_request = options.pop_bool("pass-discard-request", pass_request)
+        for key in ("pass-discard-snapshot", "pass-discard-other", "discard-no-unref"):
             if key in options:
-                value = options.pop(key)
-                if key == "pass-discard-request":
-                    self.refcounts.discard_passthrough[DISCARD_REQUEST] = str(value) in (
-                        "on",
-                        "true",
-                        "True",
-                    )
+                options.pop_bool(key, False)
+        await self._renew_caches(cache_values)
+        if not lazy and self.lazy_refcounts_option and self.header.incompatible_features & INCOMPAT_DIRTY:
+            await self.flush_caches()
+            await self.mark_clean()
+        self.lazy_refcounts_option = lazy
+        self.overlap_kinds = overlap_kinds
+        self.overlap_checks = bool(overlap_kinds)
+        self.refcounts.discard_passthrough[DISCARD_REQUEST] = pass_request
         if self.header.incompatible_features & INCOMPAT_CORRUPT and read_write:
             raise OpenError("qcow2: Image is corrupt; cannot be opened read/write", errno.EACCES)
         if not read_write and self.flags.read_write:

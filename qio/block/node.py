@@ -641,6 +641,8 @@ class BlockNode:
         max_write_zeroes -= max_write_zeroes % align
         pos = offset
         end = offset + length
+        # FUA the node cannot pass on becomes one flush of this node at the end.
+        emulate_fua = bool(flags & ReqFlags.FUA) and not self.supports_fua
         while pos < end:
             num = end - pos
             # Split off an unaligned head so the middle stays aligned for the driver.
@@ -654,8 +656,10 @@ class BlockNode:
             except BlockError as exc:
                 if exc.errno != errno.ENOTSUP or flags & ReqFlags.NO_FALLBACK:
                     raise
-                await self._zero_fallback(pos, num, flags)
+                await self._zero_fallback(pos, num, flags & ~ReqFlags.FUA if emulate_fua else flags)
             pos += num
+        if emulate_fua:
+            await self.flush()
 
     async def _zero_fallback(self, offset: int, length: int, flags: ReqFlags) -> None:
         chunk = min(length, MAX_BOUNCE, self.max_transfer or MAX_BOUNCE)

@@ -60,6 +60,8 @@ from qio.block.qcow2.layout import (
 from qio.block.qcow2.refcount import DISCARD_ALWAYS, DISCARD_OTHER, DISCARD_REQUEST, Refcounts
 from qio.errors import BlockError, OpenError
 
+INT_MAX = (1 << 31) - 1
+
 DEFAULT_L2_CACHE_BYTES = 32 << 20  # DEFAULT_L2_CACHE_MAX_SIZE on Linux
 MIN_L2_CACHE_TABLES = 2
 MIN_REFCOUNT_CACHE_TABLES = 4
@@ -256,25 +258,8 @@ class Qcow2Node(BlockNode):
         options.pop("pass-discard-snapshot")
         options.pop("pass-discard-other")
         options.pop("discard-no-unref")
-        overlap = options.pop_str("overlap-check")
-        template = options.pop_str("overlap-check.template")
-        if overlap is not None and template is not None and overlap != template:
-            raise OpenError(
-                f"Conflicting values for qcow2 options 'overlap-check' ('{overlap}') and 'overlap-check.template' ('{template}')"
-            )
-        mode = overlap or template or "cached"
-        if mode not in OVERLAP_TEMPLATES:
-            raise OpenError(
-                f"Unsupported value '{mode}' for qcow2 option 'overlap-check'. Allowed are any of the following: none, constant, cached, all"
-            )
-        checks = set(OVERLAP_TEMPLATES[mode])
-        for key, name in OVERLAP_NAMES.items():
-            if options.pop_bool(f"overlap-check.{key}", name in checks):
-                checks.add(name)
-            else:
-                checks.discard(name)
-        self.overlap_kinds = checks
-        self.overlap_checks = bool(checks)
+        self.overlap_kinds = self._overlap_options(options)
+        self.overlap_checks = bool(self.overlap_kinds)
         for key in ("encrypt.key-secret", "encrypt.format"):
             options.pop(key)
 
@@ -298,12 +283,15 @@ class Qcow2Node(BlockNode):
         combined = values.get("cache-size")
         l2 = values.get("l2-cache-size")
         refcount = values.get("refcount-cache-size")
+        l2_setting = l2
+        if l2 is not None:
+            l2 = min(max_l2_cache, l2)  # an explicit l2-cache-size never exceeds the need
         if combined is not None:
             if l2 is not None and refcount is not None:
                 raise OpenError(
                     "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time"
                 )
-            if l2 is not None and l2 > combined:
+            if l2_setting is not None and l2_setting > combined:
                 raise OpenError("l2-cache-size may not exceed cache-size")
             if refcount is not None and refcount > combined:
                 raise OpenError("refcount-cache-size may not exceed cache-size")
@@ -327,7 +315,13 @@ class Qcow2Node(BlockNode):
             )
         if values.get("cache-clean-interval", 0) & ((1 << 64) - 1) > 0xFFFFFFFF:
             raise OpenError("Cache clean interval too big")
-        return max(MIN_L2_CACHE_TABLES, l2 // entry), max(MIN_REFCOUNT_CACHE_TABLES, refcount // cs)
+        l2_tables = max(MIN_L2_CACHE_TABLES, l2 // entry)
+        refcount_tables = max(MIN_REFCOUNT_CACHE_TABLES, refcount // cs)
+        if l2_tables > INT_MAX:
+            raise OpenError("L2 cache size too big")
+        if refcount_tables > INT_MAX:
+            raise OpenError("Refcount cache size too big")
+        return l2_tables, refcount_tables
 
     async def _renew_caches(self, values: dict[str, int]) -> None:
         """Write back and replace both caches (qcow2_update_options on reopen and resize)."""
@@ -1216,10 +1210,37 @@ class Qcow2Node(BlockNode):
             except BlockError:
                 pass
 
+    def _overlap_options(self, options: Options) -> set[str]:
+        """overlap-check and overlap-check.*: which metadata kinds writes are checked against
+        (qcow2_update_options, at open and at reopen)."""
+        overlap = options.pop_str("overlap-check")
+        template = options.pop_str("overlap-check.template")
+        if overlap is not None and template is not None and overlap != template:
+            raise OpenError(
+                f"Conflicting values for qcow2 options 'overlap-check' ('{overlap}') and 'overlap-check.template' ('{template}')"
+            )
+        mode = overlap or template or "cached"
+        if mode not in OVERLAP_TEMPLATES:
+            raise OpenError(
+                f"Unsupported value '{mode}' for qcow2 option 'overlap-check'. Allowed are any of the following: none, constant, cached, all"
+            )
+        checks = set(OVERLAP_TEMPLATES[mode])
+        for key, name in OVERLAP_NAMES.items():
+            if options.pop_bool(f"overlap-check.{key}", name in checks):
+                checks.add(name)
+            else:
+                checks.discard(name)
+        return checks
+
     async def drv_reopen(self, options: Options, read_write: bool) -> None:
+        # qcow2_update_options: every option is checked before any takes effect (prepare,
+        # then commit), so a bad value later in the list leaves the old settings in place.
         # The caches are always written back and replaced, sized from this reopen's options
         # only (qemu-io does not keep the cache sizes given at open).
-        await self._renew_caches(self._pop_cache_options(options))
+        values = self._pop_cache_options(options)
+        l2_tables, refcount_tables = self._cache_capacities(values)
+        await self.flush_caches()
+        lazy = self.lazy_refcounts_option
         if "lazy-refcounts" in options:
             lazy = options.pop_bool("lazy-refcounts", self.lazy_refcounts_option)
             if lazy and self.header.version < 3:
@@ -1233,21 +1254,29 @@ class Qcow2Node(BlockNode):
             ):
                 await self.flush_caches()
                 await self.mark_clean()
-            self.lazy_refcounts_option = lazy
+        overlap = None
+        if any(key.startswith("overlap-check") for key in options):
+            overlap = self._overlap_options(options)
+        discard_request = None
         for key in (
             "pass-discard-request",
             "pass-discard-snapshot",
             "pass-discard-other",
-            "overlap-check",
         ):
             if key in options:
                 value = options.pop(key)
                 if key == "pass-discard-request":
-                    self.refcounts.discard_passthrough[DISCARD_REQUEST] = str(value) in (
-                        "on",
-                        "true",
-                        "True",
-                    )
+                    discard_request = str(value) in ("on", "true", "True")
+        # commit
+        self._cache_options = values
+        self.l2_cache = TableCache(self, "l2", l2_tables)
+        self.refblock_cache = TableCache(self, "refblock", refcount_tables)
+        self.lazy_refcounts_option = lazy
+        if overlap is not None:
+            self.overlap_kinds = overlap
+            self.overlap_checks = bool(overlap)
+        if discard_request is not None:
+            self.refcounts.discard_passthrough[DISCARD_REQUEST] = discard_request
         if self.header.incompatible_features & INCOMPAT_CORRUPT and read_write:
             raise OpenError("qcow2: Image is corrupt; cannot be opened read/write", errno.EACCES)
         if not read_write and self.flags.read_write:

@@ -21,6 +21,7 @@ from qio.getopt import Getopt, GetoptError, LongOption
 from qio.output import Console
 from qio.render.plain import PlainRenderer
 from qio.session import OpenRequest, QuitProgram, Session
+from qio.trace_events import TRACE_EVENTS
 from qio.trace_option import TraceOptionError, open_log_file, parse_trace_option
 
 PROGRAM = "qio"
@@ -166,6 +167,10 @@ def run(args: list[str]) -> int:
                 return 1
             for line in trace.warnings:
                 console.err.write(f"{PROGRAM}{line}\n")
+            if trace.list_events:
+                console.out.write("".join(f"{name}\n" for name in TRACE_EVENTS))
+                console.flush()
+                return 0
             trace_log = trace.log_file  # the last -T decides, as in qemu-io
         elif opt == "V":
             console.out.write(

@@ -18,9 +18,11 @@ from qio.block.node import OpenFlags
 from qio.block.open import AIO_MODES, CACHE_MODES, DISCARD_MODES
 from qio.block.options import Options, parse_option_string
 from qio.getopt import Getopt, GetoptError, LongOption
+from qio.objects import ObjectError, ObjectHelp, ObjectRegistry
 from qio.output import Console
 from qio.render.plain import PlainRenderer
 from qio.session import OpenRequest, QuitProgram, Session
+from qio.trace_events import TRACE_EVENTS
 from qio.trace_option import TraceOptionError, open_log_file, parse_trace_option
 
 PROGRAM = "qio"
@@ -108,6 +110,7 @@ def run(args: list[str]) -> int:
     writethrough = True
     image_opts = False
     force_share = False
+    objects = ObjectRegistry()
     native_aio = False
     trace_log: str | None = None
 
@@ -166,6 +169,10 @@ def run(args: list[str]) -> int:
                 return 1
             for line in trace.warnings:
                 console.err.write(f"{PROGRAM}{line}\n")
+            if trace.list_events:
+                console.out.write("".join(f"{name}\n" for name in TRACE_EVENTS))
+                console.flush()
+                return 0
             trace_log = trace.log_file  # the last -T decides, as in qemu-io
         elif opt == "V":
             console.out.write(
@@ -181,7 +188,16 @@ def run(args: list[str]) -> int:
         elif opt == "U":
             force_share = True
         elif opt == "object":
-            pass  # secrets are only needed by encrypted formats, which qio refuses anyway
+            # Only encrypted formats would use an object (qio refuses them); still, the
+            # option is checked as qemu-io checks it.
+            try:
+                objects.add(arg)
+            except ObjectHelp as exc:
+                console.out.write(exc.text)
+                console.flush()
+                return 0
+            except ObjectError as exc:
+                return die(str(exc))
         elif opt == "image-opts":
             image_opts = True
         elif opt == "color":

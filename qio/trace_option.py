@@ -1,8 +1,8 @@
 """``-T [[enable=]PATTERN][,events=FILE][,file=FILE]``: QEMU's trace option, as qio can honour it.
 
-qio has no QEMU trace events, so nothing is ever traced; what stays observable is exactly
-what qemu-io does with the option itself: its syntax errors, the warning for an event name
-(not a pattern) that does not exist, the same warnings for every line of an events file (with
+qio emits no QEMU trace events, so nothing is ever traced; what stays observable is exactly
+what qemu-io does with the option itself: its syntax errors, ``help`` (the list of events),
+the warning for an event name (not a pattern) that does not exist, the same warnings for every line of an events file (with
 QEMU's ``prog:file:line:`` location and its habit of cutting the last character of a final
 line without newline), and the log file, which QEMU creates (empty here) after the options
 were parsed.
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+from qio.trace_events import TRACE_EVENTS
 
 KNOWN_KEYS = ("enable", "events", "file")
 
@@ -29,6 +31,7 @@ class TraceOptionError(Exception):
 class TraceRequest:
     warnings: list[str]  # full lines after "PROG" (e.g. ": warning: ..." or ":f:1: warning:")
     log_file: str | None
+    list_events: bool = False  # enable=help: print the event names and exit with status 0
 
 
 def _split_option_string(text: str) -> list[tuple[str | None, str]]:
@@ -60,12 +63,16 @@ def _is_pattern(name: str) -> bool:
 def _enable(pattern: str) -> str | None:
     """The warning for one enable pattern, if any (no event exists in qio)."""
     name = pattern[1:] if pattern.startswith("-") else pattern
-    if _is_pattern(name):
+    if _is_pattern(name) or name in _KNOWN:
         return None
     return f"warning: trace event '{name}' does not exist"
 
 
-def _events_file(path: str) -> list[str]:
+_KNOWN = frozenset(TRACE_EVENTS)
+
+
+def _events_file(path: str) -> tuple[list[str], bool]:
+    """The warnings for an events file, and whether a line asked for the event list."""
     try:
         with open(path, "rb") as f:
             lines = f.read().split(b"\n")
@@ -81,10 +88,12 @@ def _events_file(path: str) -> list[str]:
         text = text[:-1]  # QEMU drops the last character, newline or not
         if text.startswith(b"#"):
             continue
+        if text in (b"help", b"?"):  # each line goes through trace_enable_events
+            return warnings, True
         warning = _enable(text.decode("utf-8", "surrogateescape"))
         if warning is not None:
             warnings.append(f":{path}:{number}: {warning}")
-    return warnings
+    return warnings, False
 
 
 def parse_trace_option(text: str) -> TraceRequest:
@@ -105,12 +114,17 @@ def parse_trace_option(text: str) -> TraceRequest:
         if key not in KNOWN_KEYS:
             raise TraceOptionError(f": Invalid parameter '{key}'", warnings)
         values[key] = value
+    if values.get("enable") in ("help", "?"):
+        return TraceRequest(warnings, None, list_events=True)
     if "enable" in values:
         warning = _enable(values["enable"])
         if warning is not None:
             warnings.append(f": {warning}")
     if "events" in values:
-        warnings += _events_file(values["events"])
+        file_warnings, list_events = _events_file(values["events"])
+        warnings += file_warnings
+        if list_events:
+            return TraceRequest(warnings, None, list_events=True)
     return TraceRequest(warnings, values.get("file"))
 
 

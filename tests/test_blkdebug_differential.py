@@ -434,6 +434,13 @@ def qcow2_setup(directory: Path) -> None:
     qemu_img(directory, "create", "-q", "-f", "qcow2", "bd.qcow2", "1M")
     qemu_io(directory, "-c", "write -q -P 0x11 0 128k", "bd.qcow2")
     (directory / "l2.conf").write_text('[inject-error]\nevent = "l2_load"\n')
+    qemu_img(directory, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "e.qcow2", "1M")
+    (directory / "errors.conf").write_text(
+        '[inject-error]\nevent = "l2_load"\nerrno = "12"\nstate = "1"\n\n'
+        '[set-state]\nevent = "l2_update"\nnew_state = "2"\n\n'
+        '[inject-error]\nevent = "refblock_alloc"\nerrno = "28"\nonce = "on"\n\n'
+        '[inject-error]\nevent = "flush_to_disk"\nerrno = "5"\niotype = "flush"\n'
+    )
 
 
 QCOW2_CASES: dict[str, list[str]] = {
@@ -445,6 +452,19 @@ QCOW2_CASES: dict[str, list[str]] = {
     "qcow2-break": [
         *c("break read_aio A", "aio_read 0 4k", "wait_break A", "resume A", "aio_flush"),
         "blkdebug::bd.qcow2",
+    ],
+    # A failed L2 allocation frees its cluster; a failed dependency flush keeps the
+    # dependency, so the L2 table written later never reaches the disk (image byte-identical).
+    "qcow2-alloc-errors": [
+        *c(
+            "read 0 4k",
+            "write -P 1 0 4k",
+            "write -P 2 64k 4k",
+            "flush",
+            "read -P 1 0 4k",
+            "write -P 3 128k 4k",
+        ),
+        "blkdebug:errors.conf:e.qcow2",
     ],
     "qcow2-image-opts": [
         *c(

@@ -203,7 +203,11 @@ async def open_node(
         options.merge_missing(_json_options(filename))
         filename = None
 
-    drvname = options.pop_str("driver")
+    # qdict_get_try_str: a driver that is not a string (JSON number, boolean) counts as
+    # none given; the probed or protocol driver then replaces it.
+    drvname = options.pop("driver")
+    if not isinstance(drvname, str):
+        drvname = None
     cls: type[BlockNode] | None = None
     if drvname is not None:
         cls = registry.lookup(drvname)

@@ -9,11 +9,13 @@ child; whatever is left over at the end is an error naming the first unknown key
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from typing import Any
 
 from qio.errors import OptionError
-from qio.numbers import NumberError, parse_size
+from qio.numbers import _C_SPACE, NumberError, parse_size
+from qio.numbers import _strtoull as strtoull
 
 Value = str | int | float | bool | None
 
@@ -128,11 +130,7 @@ class Options:
             return value
         if isinstance(value, float):
             return int(value)
-        text = str(value)
-        try:
-            return int(text, 0)
-        except ValueError:
-            raise OptionError(f"Parameter '{key}' expects a number") from None
+        return parse_option_number(key, str(value))
 
     def pop_size(self, key: str, default: int) -> int:
         if key not in self._items:
@@ -166,6 +164,25 @@ def qdict_first(keys: list[str]) -> str | None:
     return ordered[0] if ordered else None
 
 
+def parse_option_number(key: str, text: str) -> int:
+    """QEMU's parse_option_number: qemu_strtou64 with base 0 (so ``010`` is octal and
+    ``-5`` wraps to 2^64 - 5); the result is the unsigned 64-bit value."""
+    i = len(text) - len(text.lstrip(_C_SPACE))
+    j = i + 1 if text[i : i + 1] in ("+", "-") else i
+    if text[j : j + 2].lower() == "0x":
+        base = 16
+    elif text[j : j + 1] == "0":
+        base = 8
+    else:
+        base = 10
+    value, end, overflow = strtoull(text, 0, base)
+    if end == 0 or end != len(text):
+        raise OptionError(f"Parameter '{key}' expects a number")
+    if overflow:
+        raise OptionError(f"Value '{text}' is too large for parameter '{key}'")
+    return value
+
+
 def to_bool(key: str, value: Value) -> bool:
     if isinstance(value, bool):
         return value
@@ -188,7 +205,11 @@ def to_size(key: str, value: Value) -> int:
         return int(value)
     try:
         return parse_size(str(value)).value
-    except NumberError:
+    except NumberError as exc:
+        if exc.code == errno.ERANGE:
+            raise OptionError(
+                f"Value '{value}' is out of range for parameter '{key}'"
+            ) from None
         raise OptionError(
             f"Parameter '{key}' expects a non-negative number below 2^64\n"
             "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"

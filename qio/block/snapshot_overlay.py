@@ -60,6 +60,7 @@ async def append_temp_snapshot(ctx: OpenContext, base: BlockNode, flags: OpenFla
         )
         overlay_flags = flags.copy()
         overlay_flags.snapshot = False
+        overlay_flags.force_share = False  # -U is an option of the image, not a flag
         overlay_flags.aio = "threads"  # aio=native needs O_DIRECT, which the overlay lacks
         return await open_node(ctx, None, options, overlay_flags)
     finally:

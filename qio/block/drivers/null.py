@@ -10,11 +10,12 @@ from __future__ import annotations
 import errno
 import time
 
-from qio.block.coroutine import scheduler
+from qio.block.coroutine import FatalError, scheduler
 from qio.block.node import BlockNode, BlockStatus, ReqFlags, zero_fill
 from qio.block.options import Options
 from qio.block.payload import WriteData
-from qio.errors import BlockError, OpenError
+from qio.errors import BlockError, OpenError, OptionError
+from qio.numbers import UINT64_MAX
 
 
 class NullCoNode(BlockNode):
@@ -35,13 +36,35 @@ class NullCoNode(BlockNode):
 
     async def open(self, options: Options) -> None:
         # A "filename" option is not this driver's (null-co:// is parsed away before open).
-        self.size = options.pop_size("size", 1 << 30)
-        self.latency_ns = options.pop_int("latency-ns", 0)
+        # QEMU absorbs the options with &error_abort: a malformed value aborts.
+        try:
+            self.size = options.pop_size("size", 1 << 30)
+            latency = options.pop_int("latency-ns", 0) & UINT64_MAX
+            self.read_zeroes = options.pop_bool("read-zeroes", False)
+        except OptionError as exc:
+            raise self._abort(str(exc)) from None
+        self.latency_ns = latency - (1 << 64) if latency >> 63 else latency  # an int64_t
         if self.latency_ns < 0:
             raise OpenError("latency-ns is invalid")
-        self.read_zeroes = options.pop_bool("read-zeroes", False)
         self.filename = f"{self.protocol_name}://"
         self.options.update({"size": self.size, "read-zeroes": self.read_zeroes})
+
+    def _abort(self, message: str) -> FatalError:
+        """The "Unexpected error" report of an &error_abort option parse failure."""
+        message = message.split("\n")[0]  # error_abort prints no hints
+        if "expects 'on' or 'off'" in message:
+            where = "qapi_bool_parse() at ../../qapi/qapi-util.c:104"
+        elif "is too large" in message:
+            where = "parse_option_number() at ../../util/qemu-option.c:99"
+        elif "expects a number" in message:
+            where = "parse_option_number() at ../../util/qemu-option.c:104"
+        elif "out of range" in message:
+            where = "parse_option_size() at ../../util/qemu-option.c:140"
+        else:
+            where = "parse_option_size() at ../../util/qemu-option.c:145"
+        return FatalError(
+            f"Unexpected error in {where}:\n{self.context.program}: {message}", abort=True
+        )
 
     def drv_getlength(self) -> int:
         return self.size

@@ -12,10 +12,13 @@ freed clusters lose their L2 reference before their refcount drops (refcounts de
 
 from __future__ import annotations
 
+import errno
 import sys
 from array import array
 from collections import OrderedDict
 from typing import TYPE_CHECKING
+
+from qio.errors import BlockError
 
 if TYPE_CHECKING:
     from qio.block.qcow2.driver import Qcow2Node
@@ -121,8 +124,8 @@ class TableCache:
         dep = self.depends_on
         if dep is None:
             return
-        self.depends_on = None
         await dep.flush()
+        self.depends_on = None  # only once the other cache is safely on disk, as QEMU
 
     async def write_table(self, table: Table) -> None:
         if not table.dirty:
@@ -135,10 +138,18 @@ class TableCache:
         table.dirty = False
 
     async def write(self) -> None:
-        """Write every dirty table (qcow2_cache_write)."""
+        """Write every dirty table (qcow2_cache_write): a failure does not stop the others;
+        the error reported is the last one, unless one was ENOSPC."""
+        error: BlockError | None = None
         for table in list(self.tables.values()):
             if table.dirty:
-                await self.write_table(table)
+                try:
+                    await self.write_table(table)
+                except BlockError as exc:
+                    if error is None or error.errno != errno.ENOSPC:
+                        error = exc
+        if error is not None:
+            raise error
 
     async def flush(self) -> None:
         """Write every dirty table and flush the file (qcow2_cache_flush)."""

@@ -326,13 +326,25 @@ class ClusterMap:
 
     async def _l2_allocate(self, l1_index: int) -> None:
         node = self.node
-        old = self.l1_table[l1_index] & L1E_OFFSET_MASK
+        old_entry = self.l1_table[l1_index]
+        old = old_entry & L1E_OFFSET_MASK
         l2_offset = await node.refcounts.alloc_clusters(self.cluster_size)
         if l2_offset == 0:
             await node.signal_corruption(
                 True, "Preventing invalid allocation of L2 table at offset 0"
             )
             raise BlockError(errno.EIO)
+        try:
+            await self._l2_fill(l1_index, old, l2_offset)
+        except BlockError:
+            # As QEMU's l2_allocate: the L1 entry keeps its old value and the new cluster
+            # goes back to the free space (not leaked).
+            self.l1_table[l1_index] = old_entry
+            await node.refcounts.free_clusters(l2_offset, self.cluster_size, DISCARD_ALWAYS)
+            raise
+
+    async def _l2_fill(self, l1_index: int, old: int, l2_offset: int) -> None:
+        node = self.node
         await node.refblock_cache.flush()
         cache = node.l2_cache
         if old:

@@ -61,6 +61,8 @@ from qio.block.qcow2.layout import (
 from qio.block.qcow2.refcount import DISCARD_ALWAYS, DISCARD_OTHER, DISCARD_REQUEST, Refcounts
 from qio.errors import BlockError, OpenError
 
+INT_MAX = (1 << 31) - 1
+
 DEFAULT_L2_CACHE_BYTES = 32 << 20  # DEFAULT_L2_CACHE_MAX_SIZE on Linux
 MIN_L2_CACHE_TABLES = 2
 MIN_REFCOUNT_CACHE_TABLES = 4
@@ -322,41 +324,10 @@ class Qcow2Node(BlockNode):
         options.pop("pass-discard-snapshot")
         options.pop("pass-discard-other")
         options.pop("discard-no-unref")
-        self.overlap_kinds = self._overlap_kinds(self._pop_overlap_options(options))
+        self.overlap_kinds = self._overlap_options(options)
         self.overlap_checks = bool(self.overlap_kinds)
         for key in ("encrypt.key-secret", "encrypt.format"):
             options.pop(key)
-
-    @staticmethod
-    def _pop_overlap_options(options: Options) -> Options:
-        """The overlap-check options given (parsed together by _overlap_kinds)."""
-        keys = ["overlap-check", "overlap-check.template"]
-        keys += [f"overlap-check.{key}" for key in OVERLAP_NAMES]
-        return Options({key: options.pop(key) for key in keys if key in options})
-
-    @staticmethod
-    def _overlap_kinds(given: Options) -> set[str]:
-        """qcow2_update_options_prepare's overlap-check parsing: a template, then per-kind
-        switches."""
-        given = given.copy()
-        overlap = given.pop_str("overlap-check")
-        template = given.pop_str("overlap-check.template")
-        if overlap is not None and template is not None and overlap != template:
-            raise OpenError(
-                f"Conflicting values for qcow2 options 'overlap-check' ('{overlap}') and 'overlap-check.template' ('{template}')"
-            )
-        mode = overlap or template or "cached"
-        if mode not in OVERLAP_TEMPLATES:
-            raise OpenError(
-                f"Unsupported value '{mode}' for qcow2 option 'overlap-check'. Allowed are any of the following: none, constant, cached, all"
-            )
-        checks = set(OVERLAP_TEMPLATES[mode])
-        for key, name in OVERLAP_NAMES.items():
-            if given.pop_bool(f"overlap-check.{key}", name in checks):
-                checks.add(name)
-            else:
-                checks.discard(name)
-        return checks
 
     @staticmethod
     def _pop_cache_options(options: Options) -> dict[str, int]:
@@ -378,12 +349,15 @@ class Qcow2Node(BlockNode):
         combined = values.get("cache-size")
         l2 = values.get("l2-cache-size")
         refcount = values.get("refcount-cache-size")
+        l2_setting = l2
+        if l2 is not None:
+            l2 = min(max_l2_cache, l2)  # an explicit l2-cache-size never exceeds the need
         if combined is not None:
             if l2 is not None and refcount is not None:
                 raise OpenError(
                     "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time"
                 )
-            if l2 is not None and l2 > combined:
+            if l2_setting is not None and l2_setting > combined:
                 raise OpenError("l2-cache-size may not exceed cache-size")
             if refcount is not None and refcount > combined:
                 raise OpenError("refcount-cache-size may not exceed cache-size")
@@ -407,7 +381,9 @@ class Qcow2Node(BlockNode):
             )
         l2_tables = max(MIN_L2_CACHE_TABLES, l2 // entry)
         refcount_tables = max(MIN_REFCOUNT_CACHE_TABLES, refcount // cs)
-        if refcount_tables > 0x7FFFFFFF:  # QEMU keeps the table count in an int
+        if l2_tables > INT_MAX:  # QEMU keeps the table counts in ints
+            raise OpenError("L2 cache size too big")
+        if refcount_tables > INT_MAX:
             raise OpenError("Refcount cache size too big")
         if values.get("cache-clean-interval", 0) & ((1 << 64) - 1) > 0xFFFFFFFF:
             raise OpenError("Cache clean interval too big")
@@ -1310,13 +1286,36 @@ class Qcow2Node(BlockNode):
             except BlockError:
                 pass
 
+    def _overlap_options(self, options: Options) -> set[str]:
+        """overlap-check and overlap-check.*: which metadata kinds writes are checked against
+        (qcow2_update_options, at open and at reopen)."""
+        overlap = options.pop_str("overlap-check")
+        template = options.pop_str("overlap-check.template")
+        if overlap is not None and template is not None and overlap != template:
+            raise OpenError(
+                f"Conflicting values for qcow2 options 'overlap-check' ('{overlap}') and 'overlap-check.template' ('{template}')"
+            )
+        mode = overlap or template or "cached"
+        if mode not in OVERLAP_TEMPLATES:
+            raise OpenError(
+                f"Unsupported value '{mode}' for qcow2 option 'overlap-check'. Allowed are any of the following: none, constant, cached, all"
+            )
+        checks = set(OVERLAP_TEMPLATES[mode])
+        for key, name in OVERLAP_NAMES.items():
+            if options.pop_bool(f"overlap-check.{key}", name in checks):
+                checks.add(name)
+            else:
+                checks.discard(name)
+        return checks
+
     async def drv_reopen(self, options: Options, read_write: bool) -> None:
-        # qcow2_update_options_prepare: every runtime option is checked (in QEMU's order)
-        # before anything changes.  The caches are sized from this reopen's options only
-        # and overlap checks come from this reopen's options only (qemu-io does not keep
-        # those given at open or at an earlier reopen).
-        cache_values = self._pop_cache_options(options)
-        self._cache_capacities(cache_values)
+        # qcow2_update_options: every option is checked before any takes effect (prepare,
+        # then commit), so a bad value later in the list leaves the old settings in place.
+        # The caches are always written back and replaced, sized from this reopen's options
+        # only (qemu-io does not keep the cache sizes given at open).
+        values = self._pop_cache_options(options)
+        l2_tables, refcount_tables = self._cache_capacities(values)
+        await self.flush_caches()
         lazy = self.lazy_refcounts_option
         if "lazy-refcounts" in options:
             lazy = options.pop_bool("lazy-refcounts", self.lazy_refcounts_option)
@@ -1324,21 +1323,36 @@ class Qcow2Node(BlockNode):
                 raise OpenError(
                     "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level"
                 )
-        overlap_kinds = self._overlap_kinds(self._pop_overlap_options(options))
-        pass_request = self.refcounts.discard_passthrough[DISCARD_REQUEST]
-        if "pass-discard-request" in options:
-            pass_request = options.pop_bool("pass-discard-request", pass_request)
-        for key in ("pass-discard-snapshot", "pass-discard-other", "discard-no-unref"):
+            if (
+                not lazy
+                and self.lazy_refcounts_option
+                and self.header.incompatible_features & INCOMPAT_DIRTY
+            ):
+                await self.flush_caches()
+                await self.mark_clean()
+        overlap = None
+        if any(key.startswith("overlap-check") for key in options):
+            overlap = self._overlap_options(options)
+        discard_request = None
+        for key in (
+            "pass-discard-request",
+            "pass-discard-snapshot",
+            "pass-discard-other",
+        ):
             if key in options:
-                options.pop_bool(key, False)
-        await self._renew_caches(cache_values)
-        if not lazy and self.lazy_refcounts_option and self.header.incompatible_features & INCOMPAT_DIRTY:
-            await self.flush_caches()
-            await self.mark_clean()
+                value = options.pop(key)
+                if key == "pass-discard-request":
+                    discard_request = str(value) in ("on", "true", "True")
+        # commit
+        self._cache_options = values
+        self.l2_cache = TableCache(self, "l2", l2_tables)
+        self.refblock_cache = TableCache(self, "refblock", refcount_tables)
         self.lazy_refcounts_option = lazy
-        self.overlap_kinds = overlap_kinds
-        self.overlap_checks = bool(overlap_kinds)
-        self.refcounts.discard_passthrough[DISCARD_REQUEST] = pass_request
+        if overlap is not None:
+            self.overlap_kinds = overlap
+            self.overlap_checks = bool(overlap)
+        if discard_request is not None:
+            self.refcounts.discard_passthrough[DISCARD_REQUEST] = discard_request
         if self.header.incompatible_features & INCOMPAT_CORRUPT and read_write:
             raise OpenError("qcow2: Image is corrupt; cannot be opened read/write", errno.EACCES)
         if not read_write and self.flags.read_write:

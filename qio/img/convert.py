@@ -725,13 +725,10 @@ def _check_create(a: Args, opts: CreateOptions) -> None:
 
 def _create(a: Args, opts: CreateOptions, protocol: str, size: int) -> None:
     """bdrv_create: silent; its errors name the target and format."""
-    from qio.img.create import _create_qcow2, _create_raw
+    from qio.img.create import create_with_options
 
     fmt = a.out_fmt or "raw"
     try:
-        if fmt in ("raw", "file"):
-            _create_raw(a.target, protocol, opts, size)
-        else:
-            _create_qcow2(a.target, opts, size)
+        create_with_options(a.target, fmt, protocol, opts, size)
     except OpenError as exc:
         raise ImgError(f"{a.target}: error while converting {fmt}: {exc.message}") from None

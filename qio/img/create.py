@@ -362,6 +362,17 @@ def create_image(
     _img_create(filename, fmt, size, list(options.items()), backing, backing_fmt, unsafe, quiet)
 
 
+def create_with_options(
+    filename: str, fmt: str, protocol: str, opts: CreateOptions, size: int
+) -> None:
+    """bdrv_create: make the image with options already checked; silent, OpenError on
+    failure (qemu-img create and convert word that error differently)."""
+    if fmt in ("raw", "file"):
+        _create_raw(filename, protocol, opts, size)
+    else:
+        _create_qcow2(filename, opts, size)
+
+
 def _img_create(
     filename: str,
     fmt: str,
@@ -431,10 +442,7 @@ def _do_create(
         sys.stdout.flush()
     _reparse_warnings(fmt, opts)
     try:
-        if fmt in ("raw", "file"):
-            _create_raw(filename, protocol, opts, image_size)
-        else:
-            _create_qcow2(filename, opts, image_size)
+        create_with_options(filename, fmt, protocol, opts, image_size)
     except OpenError as exc:
         if exc.errno == errno.EFBIG:
             hint = " (try using a larger cluster size)" if fmt == "qcow2" else ""
